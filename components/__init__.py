@@ -1,0 +1,1 @@
+"""t2v-pipeline stage components: data, vae, dit, eval, and the shared core."""

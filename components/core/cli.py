@@ -1,0 +1,38 @@
+"""Helpers shared by the components' command-line interfaces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from components.core.config import ConfigError
+from components.core.storage import StorageError
+
+
+def add_config_args(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
+    parser.add_argument("--preset", default=default_preset,
+                        help=f"preset name beside the component (tiny, v1.2) or a YAML path (default: {default_preset})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one configuration value, e.g. --set train.lr=1e-4 (repeatable)")
+
+
+def add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parent-run-id", default=None,
+                        help="MLflow run to nest this stage's run under (default: $T2V_PARENT_RUN_ID)")
+
+
+def run_command(func: Callable[..., Any], **kwargs: Any) -> int:
+    """Call a component function; print its result as JSON; turn user errors into one clear line."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = func(**kwargs)
+    except (ConfigError, StorageError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0

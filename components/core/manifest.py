@@ -1,0 +1,94 @@
+"""Stage manifests: every stage writes `manifest.json` last into its output folder.
+
+A manifest makes an artifact describe itself: which stage made it, from which inputs (URIs and
+sha256s), with which preset and configuration (and its hash), by which code version, under which MLflow
+run, and the sha256 and size of every file it contains. Because it is written last, a folder without a
+manifest is unfinished, and a folder whose manifest matches the same inputs and configuration hash is
+done: a re-run can skip it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from components.core import storage
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of the running code when available (with `+dirty`), else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"t2v-pipeline=={version('t2v-pipeline')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def build_manifest(
+    *,
+    stage: str,
+    preset: str,
+    config: dict[str, Any],
+    config_hash: str,
+    inputs: dict[str, dict[str, str]],
+    files: dict[str, dict[str, Any]],
+    mlflow_run_id: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The common manifest fields; stages add their own (`extra`), e.g. buckets or metrics."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "stage": stage,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "preset": preset,
+        "config": config,
+        "config_hash": config_hash,
+        "inputs": inputs,
+        "files": files,
+        "mlflow_run_id": mlflow_run_id,
+        **extra,
+    }
+
+
+def write_manifest(out: str | Path, manifest: dict[str, Any]) -> str:
+    """Write the manifest into `out` (do this last). Returns the manifest's URI."""
+    uri = storage.join(out, MANIFEST_FILE)
+    storage.write_json(uri, manifest)
+    return uri
+
+
+def read_manifest(out_or_uri: str | Path) -> dict[str, Any] | None:
+    """The manifest of an output folder (or at a manifest URI), or None when the stage has not finished."""
+    uri = str(out_or_uri)
+    if not uri.endswith(".json"):
+        uri = storage.join(out_or_uri, MANIFEST_FILE)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def is_complete(out: str | Path, config_hash: str, inputs: dict[str, dict[str, str]]) -> dict[str, Any] | None:
+    """The existing manifest if `out` holds a finished run with the same configuration and inputs."""
+    manifest = read_manifest(out)
+    if manifest and manifest.get("config_hash") == config_hash and manifest.get("inputs") == inputs:
+        return manifest
+    return None
+
+
+def file_entry(uri: str, sha256: str, size: int) -> dict[str, Any]:
+    return {"uri": uri, "sha256": sha256, "bytes": size}

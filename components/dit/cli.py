@@ -1,0 +1,16 @@
+"""`t2v dit …`: the diffusion transformer's commands (the five training stages land here next)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog or "python -m components.dit", description=__doc__)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    build_parser(prog).parse_args(argv)
+    print("the DiT stages are not implemented yet; see the issue tracker", file=sys.stderr)
+    return 2
