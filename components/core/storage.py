@@ -116,7 +116,7 @@ def _s3_client():
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
         connect_timeout=10,
         read_timeout=60,
         # MinIO-style endpoints and moto expect path-style addressing; AWS accepts it too.
