@@ -11,6 +11,7 @@ folder (`$T2V_HOME/mlflow.db`, default `./.t2v`), which needs no set-up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -42,13 +43,18 @@ def tracking_uri() -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
-def _client():
-    # Quiet mlflow's own telemetry and alembic chatter before the first import.
+@functools.cache
+def _client_for(uri: str):
+    # Quiet mlflow's own telemetry before its first import.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri())
+    return MlflowClient(tracking_uri=uri)
+
+
+def _client():
+    return _client_for(tracking_uri())
 
 
 def _experiment_id(client, name: str) -> str:
