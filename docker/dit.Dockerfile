@@ -3,22 +3,20 @@
 # Build from the repository root (compose does): docker build -f docker/dit.Dockerfile .
 # The base and the torch index are build arguments (docker/README.md, "Bases"):
 #   CPU (default)  BASE=python:3.11-slim-trixie               TORCH_INDEX=https://download.pytorch.org/whl/cpu
-#   CUDA           BASE=nvidia/cuda:13.0.2-runtime-ubuntu22.04  TORCH_INDEX=https://download.pytorch.org/whl/cu130
+#   CUDA           BASE=nvidia/cuda:13.0.2-runtime-ubuntu24.04  TORCH_INDEX=https://download.pytorch.org/whl/cu130
 #   Ascend (NPU)   BASE=<Ascend CANN image with Python 3.11>   TORCH_INDEX=https://download.pytorch.org/whl/cpu
 #                  EXTRAS=dit,npu  (torch_npu from the project's `npu` extra)
 ARG BASE=python:3.11-slim-trixie
 
 FROM ${BASE} AS base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# Python 3.11 on every base: the python image has it; the Ubuntu 22.04 CUDA image gets it from apt.
-# Package versions follow the base image's own release (security updates), so they are not pinned here.
-# ~/.cache is created up front so a named volume mounted there starts out owned by t2v, not root.
-# hadolint ignore=DL3008
-RUN if ! command -v python3.11 >/dev/null; then \
-        apt-get update \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-           python3.11 python3.11-venv ca-certificates \
-        && rm -rf /var/lib/apt/lists/*; \
+# Python 3.11 on every base, the minor version the constraints are resolved for: the python image has
+# it; other bases (the CUDA image is Ubuntu 24.04, whose own Python is 3.12) get a standalone CPython
+# 3.11 from uv, mounted for this step only. ~/.cache exists up front so that a named volume mounted
+# there starts out owned by t2v, not root.
+RUN --mount=from=ghcr.io/astral-sh/uv:0.13.9,source=/uv,target=/usr/local/bin/uv \
+    if ! command -v python3.11 >/dev/null; then \
+        UV_PYTHON_INSTALL_DIR=/opt/python UV_PYTHON_BIN_DIR=/usr/local/bin uv python install 3.11; \
     fi \
     && groupadd --gid 10001 t2v \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin t2v \
@@ -35,7 +33,6 @@ COPY requirements/constraints.txt requirements/constraints.txt
 #    torch, or its C++ operators do not load.
 # 2. the package with this component's extra only, against the constraints minus the lines that
 #    describe PyPI's CUDA torch build (nvidia-*, cuda-*, triton): the torch index decides those.
-# The same pip on every base (Ubuntu's python3.11-venv seeds an old one).
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip install pip==26.3 \
