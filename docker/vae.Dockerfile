@@ -34,7 +34,7 @@ COPY requirements/constraints.txt requirements/constraints.txt
 # 2. the package with this component's extra only, against the constraints minus the lines that
 #    describe PyPI's CUDA torch build (nvidia-*, cuda-*, triton): the torch index decides those.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3.11 -m venv /opt/venv \
+    "$(readlink -f "$(command -v python3.11)")" -m venv /opt/venv \
     && /opt/venv/bin/pip install pip==26.3 \
     && for name in ${TORCH_PACKAGES}; do \
            grep -E "^${name}==" requirements/constraints.txt || { echo "no ${name} pin" >&2; exit 1; }; \

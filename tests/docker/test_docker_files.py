@@ -304,6 +304,19 @@ def test_pipeline_dockerfile_shape(name):
         assert re.search(r"^WORKDIR /home/t2v$", text, re.MULTILINE)
 
 
+def test_pipeline_dockerfiles_share_their_build_steps():
+    # Identical steps mean shared layers (one Python, one torch download per variant) and one place to
+    # read; the files differ only in their header comment, ARG defaults and final stage.
+    def build_steps(name: str) -> str:
+        text = _dockerfile(name)
+        steps = text[text.index("FROM ${BASE} AS base"):text.index("\nFROM base\n")]
+        return re.sub(r"^ARG (TORCH_PACKAGES|EXTRAS)=.*$", "", steps, flags=re.MULTILINE)
+
+    reference = build_steps("data")
+    for name in PIPELINE_IMAGES[1:]:
+        assert build_steps(name) == reference, name
+
+
 def _extra_requirements(extra: str, extras: dict[str, list[str]]) -> set[str]:
     names = set()
     for requirement in extras[extra]:
