@@ -3,8 +3,8 @@
 # Build from the repository root (compose does): docker build -f docker/data.Dockerfile .
 # The base and the torch index are build arguments (docker/README.md, "Bases"):
 #   CPU (default)  BASE=python:3.11-slim-trixie                 TORCH_INDEX=https://download.pytorch.org/whl/cpu
-#   CUDA          BASE=nvidia/cuda:13.0.2-runtime-ubuntu24.04  TORCH_INDEX=https://download.pytorch.org/whl/cu130
-#   Ascend (NPU)  BASE=<Ascend CANN image with Python 3.11>    TORCH_INDEX=https://download.pytorch.org/whl/cpu
+#   CUDA           BASE=nvidia/cuda:13.0.2-runtime-ubuntu24.04  TORCH_INDEX=https://download.pytorch.org/whl/cu130
+#   Ascend (NPU)   BASE=<Ascend CANN image with Python 3.11>    TORCH_INDEX=https://download.pytorch.org/whl/cpu
 #                  EXTRAS=data,npu  (torch_npu from the project's `npu` extra)
 ARG BASE=python:3.11-slim-trixie
 
