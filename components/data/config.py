@@ -40,7 +40,7 @@ class ShardConfig(StrictModel):
     x264_preset: str = "medium"
     shard_max_samples: int = Field(256, ge=1)
     shard_max_bytes: int = Field(512 * 1024 * 1024, ge=1)
-    workers: int = Field(2, ge=0)  # clips encoded in parallel (threads: PyAV and OpenCV release the GIL)
+    workers: int = Field(2, ge=0)  # clips encoded in parallel threads (0: in the calling thread)
     upload_workers: int = Field(4, ge=1)
 
     @field_validator("frames")

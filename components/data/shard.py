@@ -9,6 +9,7 @@ measured by decoding the bytes back. The output folder holds `shards/<bucket>-<n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -185,7 +186,8 @@ class _BucketShards:
             self.close()
         if self.writer is None:
             self.path = self.staging / f"{self.bucket.name}-{len(self.finished):05d}.tar"
-            # mtime 0 and no encoder: the same samples give byte-identical shards on every run.
+            # mtime 0: the same sample bytes give the same tar bytes. (libx264 through PyAV is not bit-exact
+            # from run to run here, about 1 encode in 10 differs at ~48 dB, so a re-run's shards can differ.)
             self.writer = webdataset.TarWriter(str(self.path), mtime=0, encoder=False)
         self.writer.write({"__key__": key, "mp4": mp4, "json": payload})
         self.keys.append(key)
@@ -268,8 +270,9 @@ def _write_shards(tasks: list[ClipTask], unfit: list[dict], out: str, cfg: Shard
     seen: dict[str, str] = {}
     with storage.staging_dir("t2v-shard-") as staging, ThreadPoolExecutor(cfg.upload_workers) as uploads:
         writers: dict[Bucket, _BucketShards] = {}
-        encode = (lambda task: encode_clip(task, cfg))
+        encode = functools.partial(encode_clip, cfg=cfg)
         if cfg.workers:
+            # Threads suffice: PyAV (libx264, decoders) and OpenCV release the GIL.
             pool = ThreadPoolExecutor(cfg.workers)
             # Bounded look-ahead: at most a few clips per worker are held in memory at a time.
             results = _bounded_map(pool, encode, tasks, 4 * cfg.workers)
