@@ -16,7 +16,7 @@ import pytest
 
 from components.core import tracking
 from components.data.buckets import Bucket, ClipShape, assign_bucket, centre_window, make_buckets, resample_indices
-from components.data.shard import shard
+from components.data.shard import shard, source_uri
 from components.data.shard_manifest import read_shard_manifest
 from components.data.verify import verify
 from tests.data.shard_fixtures import mixed_clips, mixed_shards, tracking_home  # noqa: F401  (fixtures)
@@ -110,7 +110,20 @@ def test_rerun_does_nothing(mixed_shards, mixed_clips):
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = shard(mixed_clips, out, preset="tiny")
     assert again["skipped"] is True and again["samples"] == 11
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = subprocess.run([sys.executable, "-m", "components.data", "shard", "--annotations", str(mixed_clips),
+                          "--out", str(out), "--preset", "tiny"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["skipped"] is True
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_source_uri_resolution():
+    assert source_uri({"path": "v/a.mp4"}, "/data/ann/kept.json") == "/data/ann/v/a.mp4"
+    assert source_uri({"path": "v/a.mp4", "video_root": "s3://b/raw"}, "/data/kept.json") == "s3://b/raw/v/a.mp4"
+    assert source_uri({"path": "/abs/a.mp4", "video_root": "/x"}, "s3://b/kept.json") == "/abs/a.mp4"
+    assert source_uri({"path": "a.mp4"}, "s3://b/ann/kept.json") == "s3://b/ann/a.mp4"
 
 
 def test_layout_is_deterministic_across_runs(tracking_home, mixed_shards, mixed_clips, tmp_path):
