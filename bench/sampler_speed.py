@@ -44,7 +44,7 @@ def layouts_from(frames: np.ndarray, resolution: np.ndarray, batch_size: int, sh
     bucket_id = frames.astype(np.int64) * 16 + resolution
     names, counts = np.unique(bucket_id, return_counts=True)
     layouts, first = [], 0
-    for name, count in zip(names, counts):
+    for name, count in zip(names, counts, strict=True):
         sizes = np.full(count // shard_size, shard_size, np.int64)
         if count % shard_size:
             sizes = np.append(sizes, count % shard_size)
@@ -153,7 +153,7 @@ def main() -> None:
     results["ours_1M"] = {"seconds": round(seconds, 2), "buckets": len(layouts), "grouping": "frames x height x width",
                           **check_ours(plan0, layouts, args.world_size),
                           "epoch1_repeats_epoch0": bool(np.array_equal(plan0.step_bucket, plan1.step_bucket)
-                                                        and all(np.array_equal(a, b) for a, b in zip(plan0.sequences, plan1.sequences)))}
+                                                        and all(np.array_equal(a, b) for a, b in zip(plan0.sequences, plan1.sequences, strict=True)))}
 
     lengths = frames.tolist()
     started = time.perf_counter()

@@ -11,15 +11,20 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from components.core import tracking
-from components.data.buckets import Bucket, ClipShape, assign_bucket, centre_window, make_buckets, resample_indices
+from components.data.buckets import (
+    Bucket,
+    ClipShape,
+    assign_bucket,
+    centre_window,
+    make_buckets,
+    resample_indices,
+)
 from components.data.shard import shard, source_uri
 from components.data.shard_manifest import read_shard_manifest
 from components.data.verify import verify
-from tests.data.shard_fixtures import mixed_clips, mixed_shards, tracking_home  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_BUCKETS = make_buckets([1, 9, 17], [(64, 64), (48, 80), (80, 48)])
@@ -168,6 +173,8 @@ def test_verify_detects_corruption(mixed_shards, tmp_path):
 _SLOW_SHARD = """
 import sys, time
 import components.data.shard as stage
+
+pytest_plugins = ["tests.data.shard_fixtures"]  # fixtures: tracking home, synthetic clips, shards, S3
 upload = stage._upload
 def slow_upload(*args):
     entry = upload(*args)

@@ -9,8 +9,8 @@ from components.core import storage
 from components.data.loader import BucketLoader, LoaderConfig
 from components.data.shard import shard
 from components.data.verify import verify
-from tests.data.s3_fixtures import s3_endpoint  # noqa: F401  (fixture)
-from tests.data.shard_fixtures import mixed_clips, tracking_home  # noqa: F401  (fixtures)
+
+pytest_plugins = ["tests.data.shard_fixtures", "tests.data.s3_fixtures"]  # fixtures: tracking home, synthetic clips, shards, S3
 
 
 def test_s3_shard_verify_and_stream(tracking_home, mixed_clips, s3_endpoint, monkeypatch):
