@@ -193,8 +193,7 @@ class _BucketShards:
             self.close()
         if self.writer is None:
             self.path = self.staging / f"{self.bucket.name}-{len(self.finished):05d}.tar"
-            # mtime 0: the same sample bytes give the same tar bytes. (libx264 through PyAV is not bit-exact
-            # from run to run here, about 1 encode in 10 differs at ~48 dB, so a re-run's shards can differ.)
+            # mtime 0 and a bit-exact encoder (video_io._x264_params): a re-run writes byte-identical shards.
             self.writer = webdataset.TarWriter(str(self.path), mtime=0, encoder=False)
         self.writer.write({"__key__": key, "mp4": mp4, "json": payload})
         self.keys.append(key)

@@ -10,7 +10,7 @@ from components.data.loader import BucketLoader, LoaderConfig
 from components.data.shard import shard
 from components.data.verify import verify
 
-pytest_plugins = ["tests.data.shard_fixtures", "tests.data.s3_fixtures"]  # fixtures: tracking home, synthetic clips, shards, S3
+pytest_plugins = ["tests.data.shard_fixtures", "tests.data.s3_fixtures"]  # fixtures
 
 
 def test_s3_shard_verify_and_stream(tracking_home, mixed_clips, s3_endpoint, monkeypatch):
