@@ -90,7 +90,10 @@ class BucketLoader:
             if not _selected(bucket, self.config):
                 continue
             sizes = np.array([s["samples"] for s in entry["shards"]], np.int64)
-            layouts.append(BucketLayout(bucket.name, sizes, int(sum(shard_sizes)), batch_size_for(bucket, self.config)))
+            batch_size = batch_size_for(bucket, self.config)
+            if self.config.shrink_small_buckets and bucket.name not in self.config.batch_size_overrides:
+                batch_size = max(1, min(batch_size, int(sizes.sum()) // self.world_size))
+            layouts.append(BucketLayout(bucket.name, sizes, int(sum(shard_sizes)), batch_size))
             self.bucket_shapes.append(bucket)
             self.shard_uris += [resolve(self.manifest_uri, s["uri"]) for s in entry["shards"]]
             shard_sizes += sizes.tolist()
