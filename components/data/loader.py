@@ -217,8 +217,11 @@ class _StepStream(IterableDataset):
             videos.append(frames)
             captions.append(self._caption(meta["captions"], sample["__key__"]))
             keys.append(sample["__key__"])
-        video = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W) uint8
-        return {"video": video.float().div_(127.5).sub_(1.0), "caption": captions, "key": keys,
+        video = torch.empty(len(videos), 3, bucket.frames, bucket.height, bucket.width)  # (B, C, T, H, W)
+        for row, frames in zip(video, videos, strict=True):
+            row.copy_(torch.from_numpy(frames).permute(3, 0, 1, 2))  # (T, H, W, C) uint8 -> (C, T, H, W) float
+        video.mul_(2.0 / 255.0).sub_(1.0)  # contiguous, in place: [0, 255] -> [-1, 1]
+        return {"video": video, "caption": captions, "key": keys,
                 "bucket": (bucket.frames, bucket.height, bucket.width), "epoch": self.plan.epoch, "step": step}
 
     def _caption(self, captions: list[str], key: str) -> str:
