@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def tracking_home(tmp_path_factory):
         patch.setenv("T2V_HOME", str(tmp_path_factory.mktemp("t2v_home")))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("T2V_PARENT_RUN_ID", raising=False)
-        yield
+        yield Path(os.environ["T2V_HOME"])
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,7 @@ def test_assign_bucket_reasons_and_upscale_limit():
 # --------------------------------------------------------------------------- the stage
 
 
-def test_shard_buckets_samples_and_report(mixed_shards, mixed_clips):
+def test_shard_buckets_samples_and_report(mixed_shards, mixed_clips, tracking_home, monkeypatch):
     out, result = mixed_shards
     manifest = read_shard_manifest(out)  # validates against schemas/manifest.schema.json
     assert result["samples"] == manifest["num_samples"] == 11 and manifest["num_unfit"] == 3
@@ -108,6 +108,7 @@ def test_shard_buckets_samples_and_report(mixed_shards, mixed_clips):
     assert min(meta["psnr"] for meta in samples.values()) >= 40.0
     assert report["psnr"]["all"]["min"] >= 40.0
 
+    monkeypatch.setenv("T2V_HOME", str(tracking_home))  # where the session fixture's run was logged
     run = tracking.get_run(manifest["mlflow_run_id"])
     assert run["status"] == "FINISHED" and run["metrics"]["samples"] == 11 and run["metrics"]["unfit"] == 3
     assert run["metrics"]["psnr_min"] >= 40.0 and run["metrics"]["bucket_samples/9x48x80"] == 3
