@@ -156,6 +156,20 @@ def test_changed_config_replaces_the_output(tracking_home, mixed_clips, tmp_path
     assert on_disk == named  # nothing stale from the first configuration
 
 
+def test_missing_and_broken_sources_are_reported(tracking_home, mixed_clips, tmp_path):
+    records = json.loads(mixed_clips.read_text())[:2]
+    records.append(records[0] | {"path": "videos/missing.mp4"})
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    records.append(records[1] | {"path": str(broken)})
+    annotations = tmp_path / "kept.json"
+    annotations.write_text(json.dumps([r | {"video_root": str(mixed_clips.parent)} for r in records]))
+    result = shard(annotations, tmp_path / "out", preset=TEST_PRESET)
+    assert result["samples"] == 2 and result["unfit"] == 2
+    reasons = {u["path"]: u["reason"] for u in json.loads((tmp_path / "out" / "report.json").read_text())["unfit"]}
+    assert "unreadable source" in reasons["videos/missing.mp4"] and "cannot read" in reasons[str(broken)]
+
+
 def test_bad_annotations_name_entry_and_field(tracking_home, tmp_path):
     annotations = tmp_path / "a.json"
     annotations.write_text(json.dumps([{"path": "x.mp4", "cap": "c", "resolution": {"height": 8, "width": 8}}]))
