@@ -71,6 +71,18 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return per_channel.mean(dim=-1).float()
 
 
+def build_lpips(backbone: str, random_backbone: bool, spatial: bool, seed: int = 0) -> torch.nn.Module:
+    """A frozen `lpips.LPIPS` network; a random backbone is seeded so every run builds the same one."""
+    if backbone not in ("alex", "vgg", "squeeze"):
+        raise ValueError(f"unknown LPIPS backbone '{backbone}': use alex, vgg or squeeze")
+    import lpips  # optional dependency of the vae and eval extras
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = lpips.LPIPS(net=backbone, pnet_rand=random_backbone, pretrained=True, spatial=spatial, verbose=False)
+    return net.eval().requires_grad_(False)
+
+
 class LPIPSMetric(torch.nn.Module):
     """LPIPS per frame (spatial mean) from the `lpips` package, inputs in [-1, 1].
 
@@ -82,17 +94,9 @@ class LPIPSMetric(torch.nn.Module):
 
     def __init__(self, backbone: str = "alex", random_backbone: bool = False, seed: int = 0):
         super().__init__()
-        if backbone not in ("alex", "vgg", "squeeze"):
-            raise ValueError(f"unknown LPIPS backbone '{backbone}': use alex, vgg or squeeze")
-        import lpips  # optional dependency of the vae and eval extras
-
         self.backbone = backbone
         self.random_backbone = random_backbone
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # a random backbone must still be the same one every run
-            self.net = lpips.LPIPS(net=backbone, pnet_rand=random_backbone, pretrained=True, spatial=True,
-                                   verbose=False)
-        self.net.eval().requires_grad_(False)
+        self.net = build_lpips(backbone, random_backbone, spatial=True, seed=seed)
 
     def describe(self) -> dict[str, object]:
         return {"backbone": self.backbone, "random_backbone": self.random_backbone,
