@@ -6,30 +6,13 @@ out: with `learn_logvar=False` and logvar 0 it is the identity (nll = rec).
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from components.core.config import StrictModel
 from components.eval.metrics import build_lpips
-
-
-class LossConfig(StrictModel):
-    """Loss weights (reference notes §1.9 defaults)."""
-
-    reconstruction: Literal["l1", "l2"] = "l1"
-    perceptual_weight: float = Field(1.0, ge=0)
-    # LPIPS backbone of the perceptual term. A real backbone needs torchvision's pretrained weights in
-    # $TORCH_HOME/hub/checkpoints (downloaded automatically where there is internet); `random` builds a
-    # seeded random backbone with lpips' shipped linear heads, for offline tests only.
-    lpips_backbone: Literal["vgg", "alex", "squeeze"] = "vgg"
-    lpips_random_backbone: bool = False
-    kl_weight: float = Field(1e-6, ge=0)
-    disc_weight: float = Field(0.5, ge=0)
-    disc_factor: float = Field(1.0, ge=0)
-    adaptive_weight_max: float = 1e4
+from components.vae.train_config import LossConfig
 
 
 class Posterior(Protocol):
