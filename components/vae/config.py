@@ -112,10 +112,19 @@ class VAEModelConfig(StrictModel):
         return self
 
 
+class TailInitConfig(StrictModel):
+    """Tail initialisation from a 2D SD VAE (reference notes §1.8; `tail_init.py`)."""
+
+    source: str | None = None  # diffusers AutoencoderKL folder or hub id, or an LDM state-dict file
+    subfolder: str | None = None  # e.g. "vae" inside a full Stable Diffusion repository
+    allow_download: bool = False  # hub ids are resolved from the local cache only unless this is true
+
+
 class VAEConfig(StrictModel):
     """Root configuration of the VAE component; other groups (train, data, eval) sit beside `model`."""
 
     model: VAEModelConfig = VAEModelConfig()
+    init: TailInitConfig = TailInitConfig()
 
 
 def load_vae_config(preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> VAEConfig:
