@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from components.core.config import StrictModel, load_config
+from components.vae.train_config import DataConfig, EvalConfig, TrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -124,6 +125,9 @@ class VAEConfig(StrictModel):
     """Root configuration of the VAE component; other groups (train, data, eval) sit beside `model`."""
 
     model: VAEModelConfig = VAEModelConfig()
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
     init: TailInitConfig = TailInitConfig()
 
 

@@ -15,6 +15,7 @@ Differences to the reference, on purpose:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import math
@@ -30,12 +31,13 @@ import torch
 
 from components.core import checkpoints, manifest, runtime, storage, tracking
 from components.core.config import config_hash
-from components.vae import trainer_state
+from components.vae import load_vae, trainer_state
 from components.vae.config import VAEConfig, load_vae_config
 from components.vae.discriminator import PatchDiscriminator3D
 from components.vae.ema import EMA
 from components.vae.losses import VAELoss
 from components.vae.model import CausalVAE
+from components.vae.official import save_vae
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +112,13 @@ def _read_init(init: str, phase: int) -> _Handoff:
     if phase == 2:
         raise ValueError(f"--init {init}: phase 2 needs a finished phase-1 output folder (manifest.json with "
                          f"stage '{STAGES[1]}'); found {'no manifest' if init_manifest is None else init_manifest.get('stage')}")
-    weights = storage.join(init, checkpoints.WEIGHTS_FILE)
-    if not storage.exists(weights):
-        raise FileNotFoundError(f"--init {init}: neither a phase-1 output nor a model folder ({weights} is missing)")
-    return _Handoff(model_folder=str(init),
-                    input_entry={"uri": weights, "sha256": storage.sha256_bytes(storage.read_bytes(weights))},
+    files = storage.list_files(init)
+    if not any(uri.endswith("/" + checkpoints.CONFIG_FILE) for uri in files):
+        raise FileNotFoundError(f"--init {init}: neither a phase-1 output nor a VAE model folder (no config.json)")
+    # One checksum over the folder's files, so a changed init is a changed input.
+    digest = hashlib.sha256("".join(f"{storage.relative_to(uri, str(init))}:{storage.sha256_bytes(storage.read_bytes(uri))};"
+                                    for uri in files).encode()).hexdigest()
+    return _Handoff(model_folder=str(init), input_entry={"uri": str(init), "sha256": digest},
                     lineage={"lineage.init_model": str(init)})
 
 
@@ -168,7 +172,7 @@ class _Trainer:
         self.model = CausalVAE(self.config.model).to(self.device)
         if self.handoff:
             # Handoff (phase 2): live weights := phase-1 EMA weights; EMA and optimizers start fresh.
-            _, weights = checkpoints.load_model_folder(self.handoff.model_folder)
+            weights = load_vae(self.handoff.model_folder).state_dict()
             _load_strict(self.model, weights, self.handoff.model_folder)
         self.discriminator = PatchDiscriminator3D(self.config.model.in_channels, cfg.discriminator.base_channels,
                                                   cfg.discriminator.num_layers).to(self.device)
@@ -190,6 +194,7 @@ class _Trainer:
         self.bad_streak: list[int] = []  # batch indices of the current run of bad steps
         self.rollbacks = 0
         self.last_terms: dict[str, float] = {}
+        self.last_reconstruction: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------- checkpoint state
 
@@ -284,8 +289,8 @@ class _Trainer:
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 self.run.log_metrics({**{f"train/{k}": v for k, v in self.last_terms.items()},
                                       "train/lr": cfg.lr, "train/disc_lr": cfg.disc_lr}, step=self.step)
-            if self.step % cfg.sample_every == 0 and self.pending is not None:
-                self._log_samples(self.pending.real, self.pending.fake)
+            if self.step % cfg.sample_every == 0 and self.last_reconstruction is not None:
+                self._log_samples(*self.last_reconstruction)
             if self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
                 self._save_checkpoint()
             if self.step == kill_at:
@@ -330,7 +335,8 @@ class _Trainer:
             self.discriminator.requires_grad_(True)
         self.ema.update(self.model)
         self.pending = _Pending(index, video.detach(), recon.detach()) if use_gan else None
-        return {k: float(v) for k, v in terms.items()}
+        self.last_reconstruction = (video.detach(), recon.detach())  # for the sample grid and video
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     def _discriminator_step(self) -> dict[str, float]:
         if self.pending is None:  # e.g. the previous discriminator step was skipped: make a fresh pair
@@ -344,7 +350,7 @@ class _Trainer:
         with self._autocast():
             terms = self.loss.discriminator(self.discriminator, pending.real, pending.fake)
         self._apply(terms["disc"], self.disc_optimizer, self.discriminator)
-        return {k: float(v) for k, v in terms.items()}
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     @staticmethod
     def _apply(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> None:
@@ -401,12 +407,13 @@ class _Trainer:
         final_uri, _ = trainer_state.save_checkpoint(self.out, self.step, self._state(),
                                                      self.train_cfg.keep_checkpoints)
         files: dict[str, dict[str, Any]] = {}
-        model_config = self.config.model.model_dump(mode="json")
         with storage.staging_dir("t2v-vae-model-") as tmp:
-            for name, state in (("model", self.ema.model_state_dict(self.model)),
-                                ("model_raw", self.model.state_dict())):
+            # model/ holds the EMA weights (what later stages use), model_raw/ the live ones.
+            ema_model = copy.deepcopy(self.model).cpu()
+            ema_model.load_state_dict(self.ema.model_state_dict(self.model))
+            for name, module in (("model", ema_model), ("model_raw", self.model)):
                 local = Path(tmp) / name
-                checkpoints.save_model_folder(local, state, model_config)
+                save_vae(local, module)
                 for path in sorted(local.iterdir()):
                     uri = storage.join(self.out, name, path.name)
                     files[f"{name}/{path.name}"] = manifest.file_entry(uri, storage.put_file(path, uri),
