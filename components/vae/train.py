@@ -130,10 +130,13 @@ def _result(finished: dict[str, Any], skipped: bool) -> dict[str, Any]:
 
 def _open_loader(data_manifest: str, config: VAEConfig, seed: int):
     """The data component's loader over one video bucket (reference notes §1.10: 25×256×256 for v1.2)."""
-    from components.data.loader import open_loader  # the data component's public read API
+    from components.data.loader import BucketLoader, LoaderConfig  # the data component's public read API
 
-    return open_loader(data_manifest, bucket=config.data.bucket, batch_size=config.data.batch_size,
-                       seed=seed, shuffle_shards=config.data.shuffle_shards, num_workers=config.data.num_workers)
+    data = config.data
+    loader_config = LoaderConfig(buckets=[data.bucket], batch_size_overrides={data.bucket: data.batch_size},
+                                 seed=seed, shuffle_shards=data.shuffle_shards, num_workers=data.num_workers,
+                                 min_frames=2)
+    return BucketLoader(data_manifest, loader_config, rank=0, world_size=1)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -303,7 +306,13 @@ class _Trainer:
         while True:
             if self._iterator is None:
                 self._iterator = iter(self.loader)
-            batch = next(self._iterator)
+            batch = next(self._iterator, None)
+            if batch is None:  # end of an epoch: the loader's next iteration is the next epoch
+                self._iterator = iter(self.loader)
+                batch = next(self._iterator, None)
+                if batch is None:
+                    raise ValueError(f"{self.data_manifest}: bucket {self.config.data.bucket} yields no batch "
+                                     f"of {self.config.data.batch_size} clips")
             index = self.batches_drawn
             self.batches_drawn += 1
             if index in self.skip_batches:
