@@ -53,7 +53,7 @@ SPEEDS = ("slowly", "quickly")
 PHOTOS = {  # skimage.data loader name -> what the caption calls it
     "astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket launch",
     "immunohistochemistry": "stained tissue under a microscope", "hubble_deep_field": "a field of galaxies",
-    "colorwheel": "a colour wheel",
+    "cat": "a cat",
 }
 CAMERA_MOVES = ("pan left", "pan right", "pan up", "pan down", "zoom in", "zoom out")
 
@@ -171,17 +171,23 @@ def _draw_shape(frame: np.ndarray, scene: dict[str, Any], t: int) -> None:
     height, width = frame.shape[:2]
     size, colour = scene["size"], COLOURS[scene["colour"]]
     dx, dy = DIRECTIONS[scene["direction"]]
-    # Wrap around: the shape leaves one edge and comes back in at the other, so motion never stalls.
-    span_x, span_y = width + 2 * size, height + 2 * size
-    x = (scene["start"][0] + dx * scene["velocity"] * t + size) % span_x - size
-    y = (scene["start"][1] + dy * scene["velocity"] * t + size) % span_y - size
+    # The frame is a torus: what leaves one edge comes back in at the other at once (drawn twice while
+    # crossing), so motion never stalls and the whole shape is always on screen.
+    x = (scene["start"][0] + dx * scene["velocity"] * t) % width
+    y = (scene["start"][1] + dy * scene["velocity"] * t) % height
     radius = size / 2
-    if scene["shape"] == "circle":
-        centre = (int(round(x * (1 << _SUBPIXEL_BITS))), int(round(y * (1 << _SUBPIXEL_BITS))))
-        cv2.circle(frame, centre, int(round(radius * (1 << _SUBPIXEL_BITS))), colour, -1, cv2.LINE_AA, _SUBPIXEL_BITS)
-    else:
-        points = _polygon(scene["shape"], np.array([x, y]), radius, scene["angle"])
-        cv2.fillPoly(frame, [points], colour, cv2.LINE_AA, _SUBPIXEL_BITS)
+    for shift_x in (-width, 0, width) if dx else (0,):
+        for shift_y in (-height, 0, height) if dy else (0,):
+            cx, cy = x + shift_x, y + shift_y
+            if -radius > cx or cx > width + radius or -radius > cy or cy > height + radius:
+                continue
+            if scene["shape"] == "circle":
+                centre = (int(round(cx * (1 << _SUBPIXEL_BITS))), int(round(cy * (1 << _SUBPIXEL_BITS))))
+                cv2.circle(frame, centre, int(round(radius * (1 << _SUBPIXEL_BITS))), colour, -1, cv2.LINE_AA,
+                           _SUBPIXEL_BITS)
+            else:
+                points = _polygon(scene["shape"], np.array([cx, cy]), radius, scene["angle"])
+                cv2.fillPoly(frame, [points], colour, cv2.LINE_AA, _SUBPIXEL_BITS)
 
 
 @dataclass
