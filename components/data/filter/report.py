@@ -89,11 +89,11 @@ def write_histograms(folder: Path, measured_rows: list[dict], config: FilterConf
         figure, axis = plt.subplots(figsize=(6, 3.5))
         if kept or dropped:
             axis.hist([kept, dropped], bins=30, stacked=True, label=["kept", "rejected"], color=["tab:green", "tab:red"])
+            axis.legend()
         for value in lines:
             axis.axvline(value, color="black", linestyle="--", linewidth=1)
         axis.set_xlabel(name if name == "aesthetic" else "motion (frame diagonals / s)")
         axis.set_ylabel("videos")
-        axis.legend()
         figure.tight_layout()
         figure.savefig(folder / f"{name}.png", dpi=100)
         plt.close(figure)
