@@ -8,6 +8,7 @@ are averaged per timestep over the videos of a batch, then over timesteps and ba
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,14 @@ def build_lpips(backbone: str, random_backbone: bool, spatial: bool, seed: int =
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = lpips.LPIPS(net=backbone, pnet_rand=random_backbone, pretrained=True, spatial=spatial, verbose=False)
+        try:
+            net = lpips.LPIPS(net=backbone, pnet_rand=random_backbone, pretrained=True, spatial=spatial,
+                              verbose=False)
+        except URLError as exc:  # torchvision tried to download the backbone weights and could not
+            raise ValueError(
+                f"LPIPS-{backbone} needs torchvision's pretrained {backbone} weights in "
+                f"{torch.hub.get_dir()}/checkpoints and they could not be downloaded ({exc.reason}); put them "
+                f"there, or set the config's lpips random-backbone field to true (code-path tests only)") from None
     return net.eval().requires_grad_(False)
 
 

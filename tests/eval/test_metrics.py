@@ -90,3 +90,16 @@ def test_aggregation_is_per_timestep_then_timesteps_then_batches():
     assert aggregator.num_batches == 2
     with pytest.raises(ValueError, match="per-timestep"):
         aggregator.update({"psnr": torch.zeros(1, 3)})
+
+
+def test_real_lpips_backbone_offline_fails_with_a_clear_error(tmp_path, monkeypatch):
+    import urllib.request
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached backbone weights here
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(ValueError, match="random-backbone"):
+        LPIPSMetric("alex", random_backbone=False)
