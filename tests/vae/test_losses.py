@@ -5,8 +5,8 @@ import torch
 
 from components.vae.discriminator import PatchDiscriminator3D
 from components.vae.ema import EMA
-from components.vae.train_config import LossConfig
 from components.vae.losses import VAELoss, adaptive_gan_weight, hinge_discriminator_loss
+from components.vae.train_config import LossConfig
 
 
 class FakePosterior:
