@@ -61,7 +61,6 @@ def test_train_both_phases_and_evaluate_on_shards(shards, env, tmp_path, monkeyp
 
     monkeypatch.setenv("T2V_HOME", env["T2V_HOME"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    torch.set_num_threads(1)
     phase2 = train_vae(2, str(shards), str(tmp_path / "p2"), init=str(tmp_path / "p1"), overrides=FAST)
     assert phase2["steps"] == 2
     tags = tracking.get_run(phase2["mlflow_run_id"])["tags"]
