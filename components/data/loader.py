@@ -31,7 +31,13 @@ from components.core import storage
 from components.data.buckets import Bucket
 from components.data.config import LoaderConfig
 from components.data.sampler import BucketLayout, EpochPlan, Schedule, latent_tokens
-from components.data.shard_manifest import iter_samples, manifest_uri, open_shard, read_shard_manifest, resolve
+from components.data.shard_manifest import (
+    iter_samples,
+    manifest_uri,
+    open_shard,
+    read_shard_manifest,
+    resolve,
+)
 from components.data.video_io import decode_video
 
 __all__ = ["BucketLoader", "LoaderConfig", "batch_size_for", "build_loader"]
@@ -183,7 +189,7 @@ class _StepStream(IterableDataset):
         _, first_need = np.unique(shard_of, return_index=True)
         shard_order = iter(shard_of[np.sort(first_need)].tolist())  # shards in the order their samples are needed
         buffer: dict[int, dict[str, Any]] = {}
-        for step, ids in zip(steps, needs):
+        for step, ids in zip(steps, needs, strict=True):
             for sample_id in ids.tolist():
                 while sample_id not in buffer:
                     self._read_shard(next(shard_order), wanted_set, buffer)

@@ -96,7 +96,7 @@ class Schedule:
         # Concatenated ids of the shards in their new order: start of each shard + position within it.
         ids = np.repeat(shard_starts - (ends - sizes), sizes) + np.arange(ends[-1] if len(ends) else 0)
         bounds = np.concatenate([[0], ends[self.shuffle_shards - 1 :: self.shuffle_shards], ends[-1:]])
-        for begin, end in zip(bounds[:-1], bounds[1:]):
+        for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
             rng.shuffle(ids[begin:end])  # in place on the view
         return ids
 
@@ -132,7 +132,7 @@ class Schedule:
         carry = self._carry_in(epoch)
         sequences = [self._sequence(b, epoch, carry[b]) for b in range(len(self.buckets))]
         batch_sizes = np.array([layout.batch_size for layout in self.buckets], np.int64)
-        num_batches = np.array([len(seq) // (size * self.world_size) for seq, size in zip(sequences, batch_sizes)],
+        num_batches = np.array([len(seq) // (size * self.world_size) for seq, size in zip(sequences, batch_sizes, strict=True)],
                                np.int64)
         # Buckets drawn in proportion to their number of global batches: a random order of the multiset.
         rng = np.random.default_rng([self.seed, epoch, 2**31 - 1])

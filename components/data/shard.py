@@ -30,8 +30,15 @@ from tqdm import tqdm
 from components.core import manifest as core_manifest
 from components.core import storage, tracking
 from components.core.config import config_hash
-from components.data.buckets import Bucket, ClipShape, assign_bucket, centre_crop_box, centre_window, make_buckets
-from components.data.buckets import resample_indices
+from components.data.buckets import (
+    Bucket,
+    ClipShape,
+    assign_bucket,
+    centre_crop_box,
+    centre_window,
+    make_buckets,
+    resample_indices,
+)
 from components.data.config import ShardConfig, load_data_config
 from components.data.shard_manifest import manifest_schema
 from components.data.video_io import crop_resize, decode_image, decode_video, encode_h264, is_image_path, psnr
@@ -186,8 +193,7 @@ class _BucketShards:
             self.close()
         if self.writer is None:
             self.path = self.staging / f"{self.bucket.name}-{len(self.finished):05d}.tar"
-            # mtime 0: the same sample bytes give the same tar bytes. (libx264 through PyAV is not bit-exact
-            # from run to run here, about 1 encode in 10 differs at ~48 dB, so a re-run's shards can differ.)
+            # mtime 0 and a bit-exact encoder (video_io._x264_params): a re-run writes byte-identical shards.
             self.writer = webdataset.TarWriter(str(self.path), mtime=0, encoder=False)
         self.writer.write({"__key__": key, "mp4": mp4, "json": payload})
         self.keys.append(key)
@@ -279,7 +285,7 @@ def _write_shards(tasks: list[ClipTask], unfit: list[dict], out: str, cfg: Shard
         else:
             pool, results = None, map(encode, tasks)
         try:
-            for task, result in tqdm(zip(tasks, results), total=len(tasks), desc="shard", unit="clip", disable=None):
+            for task, result in tqdm(zip(tasks, results, strict=True), total=len(tasks), desc="shard", unit="clip", disable=None):
                 if "unfit" in result:
                     unfit.append({"number": task.number, "path": task.path, "reason": result["unfit"]})
                     continue

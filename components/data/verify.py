@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from components.core import storage
-from components.data.shard_manifest import iter_samples, manifest_uri, open_shard, read_shard_manifest, resolve
+from components.data.shard_manifest import (
+    iter_samples,
+    manifest_uri,
+    open_shard,
+    read_shard_manifest,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.data.clips import write_dataset, many_specs
+from tests.data.clips import many_specs, write_dataset
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ import torch
 
 from components.data.loader import BucketLoader, LoaderConfig
 from components.data.video_io import decode_video
-from tests.data.shard_fixtures import many_shards, tracking_home  # noqa: F401  (fixtures)
+
+pytest_plugins = ["tests.data.shard_fixtures"]  # fixtures
 
 CONFIG = LoaderConfig(batch_tokens=160, max_batch_size=2, shuffle_shards=2, seed=7)
 
@@ -52,7 +53,7 @@ def test_round_trip_shapes_captions_and_cover(many_shards):
             size = loader.batch_sizes[f"{frames}x{height}x{width}"]
             assert batch["video"].shape == (size, 3, frames, height, width) and batch["video"].dtype == torch.float32
             assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
-            for key, caption in zip(batch["key"], batch["caption"]):
+            for key, caption in zip(batch["key"], batch["caption"], strict=True):
                 meta = json.loads(contents[key]["json"])
                 assert caption in meta["captions"] and meta["bucket"]["name"] == f"{frames}x{height}x{width}"
             if not checked_pixels:
@@ -75,7 +76,7 @@ def test_two_ranks_two_workers_same_bucket_and_disjoint(many_shards):
     streams = [_epoch(BucketLoader(out, config, rank=rank, world_size=2)) for rank in range(2)]
     assert len(streams[0]) == len(streams[1]) > 5
     served = []
-    for (bucket0, keys0), (bucket1, keys1) in zip(*streams):
+    for (bucket0, keys0), (bucket1, keys1) in zip(*streams, strict=True):
         assert bucket0 == bucket1  # every global step: one bucket on every rank
         served += keys0 + keys1
     assert len(served) == len(set(served))

@@ -62,7 +62,7 @@ def test_carried_remainder_is_served_first_next_epoch():
     # A fresh schedule (e.g. after a restart at epoch 5) computes the same plan as one that walked there.
     walked = [schedule.epoch(e) for e in range(6)][-1]
     fresh = Schedule(layouts, world_size=2, seed=3, shuffle_shards=2).epoch(5)
-    assert all(np.array_equal(a, b) for a, b in zip(walked.sequences, fresh.sequences))
+    assert all(np.array_equal(a, b) for a, b in zip(walked.sequences, fresh.sequences, strict=True))
     assert np.array_equal(walked.step_bucket, fresh.step_bucket)
 
 

@@ -11,15 +11,22 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from components.core import tracking
-from components.data.buckets import Bucket, ClipShape, assign_bucket, centre_window, make_buckets, resample_indices
-from components.data.shard import shard
+from components.data.buckets import (
+    Bucket,
+    ClipShape,
+    assign_bucket,
+    centre_window,
+    make_buckets,
+    resample_indices,
+)
+from components.data.shard import shard, source_uri
 from components.data.shard_manifest import read_shard_manifest
 from components.data.verify import verify
-from tests.data.shard_fixtures import mixed_clips, mixed_shards, tracking_home  # noqa: F401  (fixtures)
+
+pytest_plugins = ["tests.data.shard_fixtures"]  # fixtures: tracking home, synthetic clips, shards
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_BUCKETS = make_buckets([1, 9, 17], [(64, 64), (48, 80), (80, 48)])
@@ -110,14 +117,29 @@ def test_rerun_does_nothing(mixed_shards, mixed_clips):
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = shard(mixed_clips, out, preset="tiny")
     assert again["skipped"] is True and again["samples"] == 11
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = subprocess.run([sys.executable, "-m", "components.data", "shard", "--annotations", str(mixed_clips),
+                          "--out", str(out), "--preset", "tiny"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["skipped"] is True
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_layout_is_deterministic_across_runs(tracking_home, mixed_shards, mixed_clips, tmp_path):
-    """Same keys in the same shards in the same order (the encoder's bytes may differ, see shard.py)."""
+def test_source_uri_resolution():
+    assert source_uri({"path": "v/a.mp4"}, "/data/ann/kept.json") == "/data/ann/v/a.mp4"
+    assert source_uri({"path": "v/a.mp4", "video_root": "s3://b/raw"}, "/data/kept.json") == "s3://b/raw/v/a.mp4"
+    assert source_uri({"path": "/abs/a.mp4", "video_root": "/x"}, "s3://b/kept.json") == "/abs/a.mp4"
+    assert source_uri({"path": "a.mp4"}, "s3://b/ann/kept.json") == "s3://b/ann/a.mp4"
+
+
+def test_shards_are_byte_identical_across_runs(tracking_home, mixed_shards, mixed_clips, tmp_path):
+    """A shard is a function of its inputs, whatever the number of encoder threads."""
     out, _ = mixed_shards
-    shard(mixed_clips, tmp_path / "again", preset="tiny", overrides=["shard.workers=0"])
-    assert json.loads((out / "index.json").read_text()) == json.loads((tmp_path / "again" / "index.json").read_text())
+    other = shard(mixed_clips, tmp_path / "again", preset="tiny", overrides=["shard.workers=0"])
+    first, second = read_shard_manifest(out), read_shard_manifest(other["manifest"])
+    assert [b["shards"] for b in first["buckets"]] == [b["shards"] for b in second["buckets"]]
+    assert (out / "index.json").read_bytes() == (tmp_path / "again" / "index.json").read_bytes()
 
 
 def test_bad_annotations_name_entry_and_field(tracking_home, tmp_path):
