@@ -5,7 +5,7 @@ with `cv2.VideoCapture`, one frame at a time, so memory stays bounded whatever t
 way, the pass keeps the few frames the aesthetic scorer needs (evenly spaced, always first, middle and
 last) and computes the motion signals on small grey copies:
 
-- motion: dense optical flow (OpenCV DIS) between frames a fixed time stride apart; the mean flow
+- motion: dense optical flow (OpenCV Farnebäck) between frames a fixed time stride apart; the mean flow
   magnitude as a share of the frame diagonal per second, so the number means the same at every size and
   frame rate (Open-Sora's "flow < 0.3" is in pixels at its own working size; ours is scale-free).
 - flicker: the median relative jump of mean brightness between consecutive frames (a strobing light jumps
@@ -82,6 +82,13 @@ def _work_copy(frame: np.ndarray, work_size: int) -> np.ndarray:
     return grey  # (h, w) uint8, long side <= work_size
 
 
+def _flow(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    # Farnebäck, not DIS: DIS invents flow of several pixels in flat regions from mere compression noise
+    # (measured on static synthetic clips), which would make a static clip look like a moving one.
+    return cv2.calcOpticalFlowFarneback(first, second, None, pyr_scale=0.5, levels=3, winsize=9, iterations=3,
+                                        poly_n=5, poly_sigma=1.1, flags=0)
+
+
 def _histogram(grey: np.ndarray) -> np.ndarray:
     hist = cv2.calcHist([grey], [0], None, [32], [0, 256])
     return hist / max(float(hist.sum()), 1.0)
@@ -105,7 +112,6 @@ def scan_video(path: str, settings: ScanSettings) -> VideoScan:
         claimed_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         keep = _sample_positions(claimed_frames, settings.sample_frames)
         samples: dict[int, np.ndarray] = {}
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         stride = max(1, round(fps * settings.flow_stride_seconds)) if fps > 0 else 1
         flow_magnitudes, brightness_jumps, hist_distances = [], [], []
         previous_grey = previous_hist = previous_mean = flow_anchor = None
@@ -129,7 +135,7 @@ def scan_video(path: str, settings: ScanSettings) -> VideoScan:
                 hist_distances.append(float(cv2.compareHist(previous_hist, hist, cv2.HISTCMP_BHATTACHARYYA)))
             if index % stride == 0:
                 if flow_anchor is not None:
-                    flow = dis.calc(flow_anchor, grey, None)  # (h, w, 2) pixels
+                    flow = _flow(flow_anchor, grey)  # (h, w, 2) pixels
                     flow_magnitudes.append(float(np.linalg.norm(flow, axis=2).mean()))
                 flow_anchor = grey
             previous_grey, previous_hist, previous_mean = grey, hist, mean
