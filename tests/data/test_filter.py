@@ -161,7 +161,7 @@ def test_decide_thresholds() -> None:
     cases = {"too_few_frames": {"num_frames": 8}, "too_small": {"resolution": {"height": 24, "width": 96}},
              "extreme_aspect": {"resolution": {"height": 40, "width": 160}}, "flicker": {"flicker": 0.5},
              "scene_cut": {"cut": 0.9}, "static": {"motion": 0.001}, "too_much_motion": {"motion": 3.0},
-             "low_aesthetic": {"aesthetic": 2.0}}
+             "low_aesthetic": {"aesthetic": 1.5}}
     for reason, change in cases.items():
         assert decide({**base, **change}, config)[0] == reason
 
