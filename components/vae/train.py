@@ -215,8 +215,7 @@ class _Trainer:
         }
 
     def _restore(self, state: dict[str, Any], uri: str) -> None:
-        if state["run_hash"] != self.run_hash:
-            raise ValueError(f"{uri} belongs to another configuration or phase; use a fresh --out or delete it")
+        assert state["run_hash"] == self.run_hash, uri
         self.model.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.ema.load_state_dict(state["ema"])  # EMA restored on its own, never into the live model (§9.11)
@@ -241,6 +240,9 @@ class _Trainer:
     def run(self, parent_run_id: str | None) -> dict[str, Any]:
         latest = trainer_state.latest_checkpoint(self.out)
         resume_state = trainer_state.load_checkpoint(latest[1]) if latest else None
+        if resume_state is not None and resume_state["run_hash"] != self.run_hash:
+            raise ValueError(f"{self.out} holds checkpoints of another configuration or phase ({latest[1]}); "
+                             f"use a fresh --out or delete them")
         with self._open_run(resume_state, parent_run_id):
             if resume_state is not None:
                 self._restore(resume_state, latest[1])

@@ -131,9 +131,11 @@ def test_changed_config_in_a_used_folder_is_refused(phase1, tmp_path):
     data, _, _ = phase1
     out = tmp_path / "out"
     train_vae(1, str(data), str(out), overrides=[*FAST, "train.phase1.steps=1"])
+    first = manifest.read_manifest(out)["mlflow_run_id"]
     (out / "manifest.json").unlink()  # as if interrupted
     with pytest.raises(ValueError, match="another configuration"):
         train_vae(1, str(data), str(out), overrides=[*FAST, "train.phase1.steps=2"])
+    assert tracking.get_run(first)["status"] == "FINISHED"  # the earlier run is left alone
 
 
 def test_nan_batch_is_skipped_without_rollback(phase1, tmp_path):
