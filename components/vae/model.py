@@ -25,10 +25,17 @@ from torch import nn
 from components.vae.config import VAEModelConfig
 from components.vae.posterior import DiagonalGaussian
 
-# Without autograd, convolutions run over chunks of this many output frames, writing into one
-# preallocated output: the padded/normalised input copy and oneDNN's layout reorders then cost one
-# chunk of memory, not a whole activation.
-CHUNK_FRAMES = 8
+# Without autograd, convolutions run over chunks of frames of at most this many input bytes, writing
+# into one preallocated output: the normalised input copy and oneDNN's layout reorders then cost one
+# chunk of memory, not a whole activation. Small clips run in one chunk (no overhead).
+CHUNK_BYTES = 256 * 2**20
+
+
+def _chunk_length(x: torch.Tensor, dim: int, length: int) -> int:
+    """Frames per chunk: as few equal chunks as keep each under CHUNK_BYTES (at least one frame)."""
+    frame_bytes = x.numel() // max(x.shape[dim], 1) * x.element_size()
+    chunks = -(-length * frame_bytes // CHUNK_BYTES)  # ceil
+    return -(-length // max(chunks, 1))
 
 Transform = Callable[[torch.Tensor, int, int], torch.Tensor]
 
@@ -60,11 +67,12 @@ def _norm_silu_transform(norm: nn.GroupNorm, x: torch.Tensor, per_frame: bool) -
 
 def _map_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int,
                 out: torch.Tensor | None = None, transform: Transform | None = None) -> torch.Tensor:
-    """`fn` applied to CHUNK_FRAMES-long slices of `x` along `dim` (a frame-local fn: output frame i
+    """`fn` applied to chunks of slices of `x` along `dim` (a frame-local fn: output frame i
     depends on input frame i only), written into a new tensor or added into `out`."""
     length, accumulate = x.shape[dim], out is not None
-    for start in range(0, length, CHUNK_FRAMES):
-        stop = min(start + CHUNK_FRAMES, length)
+    step = _chunk_length(x, dim, length)
+    for start in range(0, length, step):
+        stop = min(start + step, length)
         piece = x.narrow(dim, start, stop - start)
         result = fn(piece if transform is None else transform(piece, start, stop))
         if out is None:
@@ -128,7 +136,7 @@ class CausalConv3d(nn.Module):
 
     def stream(self, x: torch.Tensor, transform: Transform | None = None,
                out: torch.Tensor | None = None) -> torch.Tensor:
-        """Same result as `forward`, CHUNK_FRAMES output frames at a time (no autograd).
+        """Same result as `forward`, computed over chunks of output frames (no autograd).
 
         `transform(piece, start, stop)` maps each input slice before padding (e.g. GroupNorm + swish);
         with `out`, results are added into it (residual connections) instead of a new tensor.
@@ -136,23 +144,47 @@ class CausalConv3d(nn.Module):
         front, stride, frames = self.kernel_frames - 1, self.stride_frames, x.shape[2]
         accumulate = out is not None
         out_frames = (frames - 1) // stride + 1
-        for start in range(0, out_frames, CHUNK_FRAMES):
-            stop = min(start + CHUNK_FRAMES, out_frames)
+        step = _chunk_length(x, 2, out_frames * stride)  // stride
+        for start in range(0, out_frames, max(step, 1)):
+            stop = min(start + max(step, 1), out_frames)
             # Output frame o reads padded frames [o*s, o*s + kt); padded frame p is input frame p - front.
             first, last = start * stride - front, (stop - 1) * stride - front + self.kernel_frames
             piece = x[:, :, max(first, 0):last]  # (B, Cin, <= span, H, W)
             if transform is not None:
                 piece = transform(piece, max(first, 0), last)
-            if first < 0:
-                piece = torch.cat([piece[:, :, :1].expand(-1, -1, -first, -1, -1), piece], dim=2)
-            result = self.conv(piece)  # (B, Cout, stop - start, H', W')
-            if out is None:
-                out = result.new_empty((*result.shape[:2], out_frames, *result.shape[3:]))
-            if accumulate:
-                out[:, :, start:stop] += result
-            else:
-                out[:, :, start:stop] = result
+            for offset, result in self._conv_piece(piece, first):  # (B, Cout, n, H', W') at start + offset
+                if out is None:
+                    out = result.new_empty((*result.shape[:2], out_frames, *result.shape[3:]))
+                target = out[:, :, start + offset: start + offset + result.shape[2]]
+                if accumulate:
+                    target += result
+                else:
+                    target.copy_(result)
         return out  # (B, Cout, T_out, H', W')
+
+    def _conv_piece(self, piece: torch.Tensor, first: int):
+        """Yield (output offset, conv output) for a chunk whose padded input starts at frame `first`.
+
+        In the first chunk (first < 0) the replicated copies of frame 0 are folded into the kernel
+        instead of being materialised: output frame o < front sees frame 0 through the summed taps
+        0..front-o, so it is a conv with o + 1 taps; that is 3 fewer frame-taps per 3x3x3 conv than
+        convolving the padded input (same result up to float rounding).
+        """
+        front = self.kernel_frames - 1
+        if first >= 0:
+            yield 0, self.conv(piece)
+            return
+        if self.stride_frames != 1:
+            replicated = piece[:, :, :1].expand(-1, -1, -first, -1, -1)
+            yield 0, self.conv(torch.cat([replicated, piece], dim=2))
+            return
+        weight = self.conv.weight  # (Cout, Cin, kt, kh, kw)
+        for frame in range(min(front, piece.shape[2])):
+            folded = torch.cat([weight[:, :, :front - frame + 1].sum(2, keepdim=True),
+                                weight[:, :, front - frame + 1:]], dim=2)  # (Cout, Cin, frame + 1, kh, kw)
+            yield frame, F.conv3d(piece[:, :, :frame + 1], folded, self.conv.bias, 1, self.conv.padding)
+        if piece.shape[2] > front:
+            yield front, self.conv(piece)  # valid frames front.. need no padding
 
 
 class Conv2d(nn.Conv2d):
