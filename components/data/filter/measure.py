@@ -61,9 +61,12 @@ def _write_cache(cache_uri: str, result: dict[str, Any]) -> None:
         return
     # A cache entry is not an artifact: atomic (temp file + rename) but without storage's fsync, which
     # costs more than measuring a small clip. An entry lost in a power cut is only measured again.
-    local.parent.mkdir(parents=True, exist_ok=True)
     partial = local.with_name(f".{local.name}.tmp-{os.getpid()}")
-    partial.write_text(json.dumps(result, sort_keys=True))
+    try:
+        partial.write_text(json.dumps(result, sort_keys=True))
+    except FileNotFoundError:  # first entry: create the folder (once, not per video)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(result, sort_keys=True))
     os.replace(partial, local)
 
 
