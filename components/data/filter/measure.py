@@ -23,7 +23,8 @@ def measurement_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _scorer(aesthetic: dict[str, Any]):
+def scorer(aesthetic: dict[str, Any]):
+    """The aesthetic scorer for these settings, built once per process."""
     from components.data.config import AestheticConfig
     from components.data.filter.aesthetic import build_scorer
 
@@ -35,7 +36,7 @@ def _scorer(aesthetic: dict[str, Any]):
 
 def _measure_local(path: str, settings: dict[str, Any]) -> dict[str, Any]:
     scan = scan_video(path, ScanSettings(**settings["scan"]))
-    aesthetic = _scorer(settings["aesthetic"])(scan.samples)
+    aesthetic = scorer(settings["aesthetic"])(scan.samples)
     return {
         "num_frames": scan.num_frames, "fps": round(scan.fps, 6), "duration": round(scan.duration, 6),
         "resolution": {"height": scan.height, "width": scan.width},
