@@ -7,8 +7,9 @@ For each set, per-video wall time of
 (b) the filter's single decoding pass (`scan_video`: probe, motion, flicker, cut, frame samples),
 (c) the filter's whole per-video work (`measure_video`: (b) plus sha256, aesthetic score, cache write;
     fresh cache),
-all sequential in this process, interleaved, best of `--repeats` (the machine may be shared: minima are
-the stable statistic). Then the whole stage (`run_filter`: worker pool, MLflow, reports) for videos per
+all sequential in this process, interleaved, best of `--repeats`, in CPU time of this process
+(`time.process_time`; OpenCV limited to one thread): on a shared machine wall time swings by 2x between
+identical runs, CPU time much less. Then the whole stage (`run_filter`: worker pool, MLflow, reports) for videos per
 second. Goal: (c) <= 1.5 x (a).
 """
 
@@ -34,7 +35,7 @@ from components.data.filter.stage import measurement_settings  # noqa: E402
 from components.data.synth import synthesize  # noqa: E402
 
 SETS = {"64-160 px": ["synth.min_side=64", "synth.max_side=160"],
-        "256-384 px": ["synth.min_side=256", "synth.max_side=384"]}
+        "480-720 px": ["synth.min_side=480", "synth.max_side=720"]}
 
 
 def decode_all(path: str) -> int:
@@ -50,9 +51,9 @@ def best_of_interleaved(repeats: int, fns: dict) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
     return {name: min(values) for name, values in times.items()}
 
 

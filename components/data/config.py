@@ -62,7 +62,7 @@ class MotionConfig(StrictModel):
     min: float = Field(0.005, ge=0)  # below: static
     max: float = Field(1.0, gt=0)  # above: shaky or too fast
     stride_seconds: float = Field(0.25, gt=0)  # time between the frames of a flow pair
-    work_size: int = Field(64, ge=16)  # long side of the grey copies for flow, flicker and cut detection
+    work_size: int = Field(64, ge=16)  # long side of the grey copies for flicker and cuts (flow at half of it)
     max_flicker: float = Field(0.1, gt=0)  # median relative brightness jump between consecutive frames
     max_cut: float = Field(0.3, gt=0, le=1)  # largest histogram (Bhattacharyya) jump between consecutive frames
 

@@ -23,7 +23,8 @@ def measurement_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _scorer(aesthetic: dict[str, Any]):
+def scorer(aesthetic: dict[str, Any]):
+    """The aesthetic scorer for these settings, built once per process."""
     from components.data.config import AestheticConfig
     from components.data.filter.aesthetic import build_scorer
 
@@ -35,7 +36,7 @@ def _scorer(aesthetic: dict[str, Any]):
 
 def _measure_local(path: str, settings: dict[str, Any]) -> dict[str, Any]:
     scan = scan_video(path, ScanSettings(**settings["scan"]))
-    aesthetic = _scorer(settings["aesthetic"])(scan.samples)
+    aesthetic = scorer(settings["aesthetic"])(scan.samples)
     return {
         "num_frames": scan.num_frames, "fps": round(scan.fps, 6), "duration": round(scan.duration, 6),
         "resolution": {"height": scan.height, "width": scan.width},
@@ -61,9 +62,12 @@ def _write_cache(cache_uri: str, result: dict[str, Any]) -> None:
         return
     # A cache entry is not an artifact: atomic (temp file + rename) but without storage's fsync, which
     # costs more than measuring a small clip. An entry lost in a power cut is only measured again.
-    local.parent.mkdir(parents=True, exist_ok=True)
     partial = local.with_name(f".{local.name}.tmp-{os.getpid()}")
-    partial.write_text(json.dumps(result, sort_keys=True))
+    try:
+        partial.write_text(json.dumps(result, sort_keys=True))
+    except FileNotFoundError:  # first entry: create the folder (once, not per video)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(result, sort_keys=True))
     os.replace(partial, local)
 
 
