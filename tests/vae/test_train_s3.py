@@ -9,12 +9,31 @@ from components.vae.evaluate import evaluate_vae
 from components.vae.train import train_vae
 from components.vae.trainer_state import list_checkpoints, load_checkpoint
 from tests.data.clips import ClipSpec, write_dataset
-from tests.data.s3_fixtures import s3_endpoint  # noqa: F401  (fixture)
 from tests.vae.standin import patch_loader, write_fake_manifest
 
 FAST = ["model.hidden_size=8", "data.bucket=9x32x32", "train.discriminator.base_channels=4",
         "train.phase1.steps=4", "train.checkpoint_every=2", "train.disc_start=1", "train.sample_every=100",
         "eval.resolution=32"]
+
+
+@pytest.fixture()
+def s3_bucket(monkeypatch):
+    """moto's S3 server in a thread on a free loopback port, and a bucket; yields the bucket's URI."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    storage.reset_clients()
+    storage._s3_client().create_bucket(Bucket="vae-train")
+    yield "s3://vae-train"
+    storage.reset_clients()
+    server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -25,9 +44,9 @@ def _isolated(tmp_path_factory, monkeypatch):
     patch_loader(monkeypatch)
 
 
-def test_train_resume_and_evaluate_on_s3(s3_endpoint, tmp_path):  # noqa: F811
+def test_train_resume_and_evaluate_on_s3(s3_bucket, tmp_path):
     data = write_fake_manifest(tmp_path)
-    out = f"s3://{s3_endpoint}/vae/phase1"
+    out = f"{s3_bucket}/vae/phase1"
     first = train_vae(1, str(data), out, overrides=FAST)
     assert manifest.read_manifest(out)["files"]["model/model.safetensors"]["uri"] == f"{out}/model/model.safetensors"
     assert [step for step, _ in list_checkpoints(out)] == [2, 4]  # keep_checkpoints=2 prunes step 0 on S3
@@ -44,7 +63,7 @@ def test_train_resume_and_evaluate_on_s3(s3_endpoint, tmp_path):  # noqa: F811
     assert '"event": "resume"' in storage.read_text(f"{out}/events.jsonl")
 
     clips = write_dataset(tmp_path / "clips", [ClipSpec("a", 40, 48, 9, 8.0)])
-    report = evaluate_vae(f"{out}/model", str(clips), f"s3://{s3_endpoint}/vae/eval", overrides=FAST)
+    report = evaluate_vae(f"{out}/model", str(clips), f"{s3_bucket}/vae/eval", overrides=FAST)
     assert report["clips"] == 1
-    assert storage.exists(f"s3://{s3_endpoint}/vae/eval/reconstruction.mp4")
-    assert manifest.read_manifest(f"s3://{s3_endpoint}/vae/eval")["stage"] == "vae-eval"
+    assert storage.exists(f"{s3_bucket}/vae/eval/reconstruction.mp4")
+    assert manifest.read_manifest(f"{s3_bucket}/vae/eval")["stage"] == "vae-eval"

@@ -35,7 +35,9 @@ def shards(tmp_path_factory, env):
     """Three 12-frame 64×64 clips at 8 fps -> the tiny preset's 9x64x64 bucket."""
     root = tmp_path_factory.mktemp("data")
     annotations = write_dataset(root / "clips", [ClipSpec(f"clip{i}", 64, 64, 12, 8.0) for i in range(3)])
-    _cli(env, "data", "shard", "--annotations", str(annotations), "--out", str(root / "shards"))
+    # The shard tests' own preset (8 fps tiny buckets), so tuning the data component's tiny preset does not move this.
+    _cli(env, "data", "shard", "--annotations", str(annotations), "--out", str(root / "shards"),
+         "--preset", str(ROOT / "tests" / "data" / "shard_preset.yaml"))
     return root / "shards"
 
 
