@@ -197,6 +197,7 @@ class _Trainer:
         self.bad_streak: list[int] = []  # batch indices of the current run of bad steps
         self.rollbacks = 0
         self.last_terms: dict[str, float] = {}
+        self.interval_terms: dict[str, tuple[float, int]] = {}  # (sum, count) since the last logged step
         self.last_reconstruction: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------- checkpoint state
@@ -291,9 +292,14 @@ class _Trainer:
             self.bad_streak = []
             self.step += 1
             self.last_terms.update(terms)
+            for name, value in terms.items():
+                total, count = self.interval_terms.get(name, (0.0, 0))
+                self.interval_terms[name] = (total + value, count + 1)
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                self.run.log_metrics({**{f"train/{k}": v for k, v in self.last_terms.items()},
-                                      "train/lr": cfg.lr, "train/disc_lr": cfg.disc_lr}, step=self.step)
+                # Means over the interval's steps (generator terms over generator steps, and so on).
+                means = {f"train/{name}": total / count for name, (total, count) in self.interval_terms.items()}
+                self.run.log_metrics({**means, "train/lr": cfg.lr, "train/disc_lr": cfg.disc_lr}, step=self.step)
+                self.interval_terms = {}
             if self.step % cfg.sample_every == 0 and self.last_reconstruction is not None:
                 self._log_samples(*self.last_reconstruction)
             if self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
