@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from components.core import manifest, tracking
+from components.data.shard import shard
 from components.vae.evaluate import evaluate_vae
 from components.vae.train import train_vae
 from components.vae.trainer_state import load_checkpoint
@@ -36,8 +37,10 @@ def shards(tmp_path_factory, env):
     root = tmp_path_factory.mktemp("data")
     annotations = write_dataset(root / "clips", [ClipSpec(f"clip{i}", 64, 64, 12, 8.0) for i in range(3)])
     # The shard tests' own preset (8 fps tiny buckets), so tuning the data component's tiny preset does not move this.
-    _cli(env, "data", "shard", "--annotations", str(annotations), "--out", str(root / "shards"),
-         "--preset", str(ROOT / "tests" / "data" / "shard_preset.yaml"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("T2V_HOME", env["T2V_HOME"])
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        shard(annotations, root / "shards", preset=str(ROOT / "tests" / "data" / "shard_preset.yaml"))
     return root / "shards"
 
 
