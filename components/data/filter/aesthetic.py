@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 _ANALYSIS_SIZE = 160
-_NOISE_CROP = 256
+_NOISE_CROP = 128
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
 
 
@@ -62,7 +62,7 @@ def _unit(value: float) -> float:
 def _noise_sigma(frame: np.ndarray) -> float:
     """Immerkær: sigma = sqrt(pi/2) / 6 · mean |I * N|, over the flattest quarter (lowest smoothed gradient).
 
-    Measured at the video's own resolution on a central crop of at most 256 x 256: noise is a per-pixel
+    Measured at the video's own resolution on a central crop of at most 128 x 128: noise is a per-pixel
     property that downscaling averages away (heavy noise on a 720p frame is invisible at 160 px)."""
     height, width = frame.shape[:2]
     top, left = max(0, (height - _NOISE_CROP) // 2), max(0, (width - _NOISE_CROP) // 2)
