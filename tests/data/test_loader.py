@@ -15,8 +15,6 @@ import torch
 from components.data.loader import BucketLoader, LoaderConfig
 from components.data.video_io import decode_video
 
-pytest_plugins = ["tests.data.shard_fixtures"]  # fixtures
-
 CONFIG = LoaderConfig(batch_tokens=160, max_batch_size=2, shuffle_shards=2, seed=7)
 
 

@@ -28,8 +28,6 @@ from components.data.verify import verify
 
 TEST_PRESET = str(Path(__file__).with_name("shard_preset.yaml"))  # the shard tests' own buckets
 
-pytest_plugins = ["tests.data.shard_fixtures"]  # fixtures: tracking home, synthetic clips, shards
-
 REPO = Path(__file__).resolve().parents[2]
 TINY_BUCKETS = make_buckets([1, 9, 17], [(64, 64), (48, 80), (80, 48)])
 

@@ -12,15 +12,13 @@ from components.data.verify import verify
 
 TEST_PRESET = str(Path(__file__).with_name("shard_preset.yaml"))  # the shard tests' own buckets
 
-pytest_plugins = ["tests.data.shard_fixtures", "tests.data.s3_fixtures"]  # fixtures
 
-
-def test_s3_shard_verify_and_stream(tracking_home, mixed_clips, shard_s3_bucket, monkeypatch):
-    root = f"s3://{shard_s3_bucket}/raw"
+def test_s3_shard_verify_and_stream(tracking_home, mixed_clips, s3_bucket, monkeypatch):
+    root = f"{s3_bucket}/raw"
     for path in sorted(Path(mixed_clips).parent.rglob("*")):
         if path.is_file():
             storage.put_file(path, storage.join(root, str(path.relative_to(Path(mixed_clips).parent))))
-    out = f"s3://{shard_s3_bucket}/shards/run1"
+    out = f"{s3_bucket}/shards/run1"
     result = shard(f"{root}/annotations.json", out, preset=TEST_PRESET, overrides=["shard.shard_max_samples=2"])
     assert result["samples"] == 11 and result["psnr"]["min"] >= 40.0
     names = storage.list_files(out)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from components.core import storage
@@ -42,21 +41,7 @@ def test_info_model_folder_and_bad_preset(tmp_path, tiny_vae):
     assert bad.returncode == 2 and "norm_groups" in bad.stderr and "tiny.yaml" in bad.stderr
 
 
-@pytest.fixture()
-def s3_bucket(monkeypatch):
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    storage.reset_clients()
-    storage._s3_client().create_bucket(Bucket="vae")
-    yield "s3://vae"
-    storage.reset_clients()
-    server.stop()
 
 
 def test_load_vae_from_s3_ours_and_official(tmp_path, s3_bucket):

@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 
 from components.vae import load_vae
 from components.vae.config import load_vae_config
-from components.vae.official import config_to_official, load_official, save_vae, select_official_weights
 from components.vae.model import CausalVAE
+from components.vae.official import config_to_official, load_official, save_vae, select_official_weights
 
 
 def _outputs(model, video):
@@ -54,7 +54,7 @@ def test_official_ckpt_prefers_ema_and_drops_module_and_loss(tmp_path, tiny_vae,
     torch.save(checkpoint, tmp_path / "vae" / "checkpoint.ckpt")
 
     loaded = load_vae(tmp_path / "vae")
-    for ours, theirs in zip(_outputs(tiny_vae, video), _outputs(loaded, video)):
+    for ours, theirs in zip(_outputs(tiny_vae, video), _outputs(loaded, video), strict=True):
         assert torch.equal(ours, theirs)
     raw_model = load_official(tmp_path / "vae", weights="model")
     expected = {k.removeprefix("module."): v for k, v in raw_weights.items()}
@@ -73,7 +73,7 @@ def test_official_safetensors_folder(tmp_path, tiny_vae, tiny_config, video):
     _write_official_config(tmp_path / "vae", tiny_config)
     save_file(tiny_vae.state_dict(), tmp_path / "vae" / "checkpoint.safetensors")
     loaded = load_vae(str(tmp_path / "vae"))
-    for ours, theirs in zip(_outputs(tiny_vae, video), _outputs(loaded, video)):
+    for ours, theirs in zip(_outputs(tiny_vae, video), _outputs(loaded, video), strict=True):
         assert torch.equal(ours, theirs)
 
 
@@ -84,7 +84,7 @@ def test_our_folder_round_trip(tmp_path, tiny_vae, video):
     assert saved["format"] == "t2v-causal-vae" and saved["model"]["scale_factor"] == 0.18215
     loaded = load_vae(tmp_path / "ours")
     assert loaded.config == tiny_vae.config
-    for ours, theirs in zip(_outputs(tiny_vae, video), _outputs(loaded, video)):
+    for ours, theirs in zip(_outputs(tiny_vae, video), _outputs(loaded, video), strict=True):
         assert torch.equal(ours, theirs)
 
 

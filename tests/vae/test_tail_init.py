@@ -58,7 +58,7 @@ def test_tail_init_from_ldm_state_file(tmp_path, sd_vae_folder):
     config = load_vae_config("tiny").model
     from_file = tail_init_from_config(CausalVAE(config), TailInitConfig(source=str(tmp_path / "sd-vae.safetensors")))
     from_folder = tail_init_from_config(CausalVAE(config), TailInitConfig(source=str(folder)))
-    assert all(torch.equal(a, b) for a, b in zip(from_file.state_dict().values(), from_folder.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(from_file.state_dict().values(), from_folder.state_dict().values(), strict=True))
     weight = from_file.state_dict()["decoder.up.3.upsample.conv.conv.weight"]
     assert torch.equal(weight[:, :, 2], ldm["decoder.up.3.upsample.conv.weight"]) and not weight[:, :, :2].any()
 

@@ -46,7 +46,7 @@ def test_blend_weights_partition_unity(length, tile, overlap):
     spans = tiling.tile_spans(length, tile, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == length
     total = torch.zeros(length)
-    for (start, stop), weight in zip(spans, tiling.blend_weights(spans, torch.float64, torch.device("cpu"))):
+    for (start, stop), weight in zip(spans, tiling.blend_weights(spans, torch.float64, torch.device("cpu")), strict=True):
         total[start:stop] += weight
     torch.testing.assert_close(total, torch.ones(length))
 

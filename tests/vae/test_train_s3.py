@@ -16,24 +16,7 @@ FAST = ["model.hidden_size=8", "data.bucket=9x32x32", "train.discriminator.base_
         "eval.resolution=32"]
 
 
-@pytest.fixture()
-def s3_bucket(monkeypatch):
-    """moto's S3 server in a thread on a free loopback port, and a bucket; yields the bucket's URI."""
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    storage.reset_clients()
-    storage._s3_client().create_bucket(Bucket="vae-train")
-    yield "s3://vae-train"
-    storage.reset_clients()
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
