@@ -10,8 +10,10 @@ Engineering differences to the reference, at equal outputs (§9.16):
   2D modules, instead of a rearrange around every operator;
 - the encoder keeps no list of intermediates;
 - the mid attention runs through `scaled_dot_product_attention`, all frames batched;
-- without autograd, activations and residual adds run in place and causal 3D convolutions run in
-  temporal chunks, so the peak memory is a few activations, not a dozen.
+- without autograd (inference), GroupNorm + swish are fused into convolutions that run over chunks of
+  frames into one preallocated output, residuals are added in place, and the causal front padding is
+  folded into the kernel instead of copied: a res-block keeps at most its input, one intermediate and
+  its output alive. With autograd the plain formulation runs (training), with the same results.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def _chunk_length(x: torch.Tensor, dim: int, length: int) -> int:
     frame_bytes = x.numel() // max(x.shape[dim], 1) * x.element_size()
     chunks = -(-length * frame_bytes // CHUNK_BYTES)  # ceil
     return -(-length // max(chunks, 1))
+
 
 Transform = Callable[[torch.Tensor, int, int], torch.Tensor]
 
