@@ -30,7 +30,7 @@ from components.vae.posterior import DiagonalGaussian
 # Without autograd, convolutions run over chunks of frames of at most this many input bytes, writing
 # into one preallocated output: the normalised input copy and oneDNN's layout reorders then cost one
 # chunk of memory, not a whole activation. Small clips run in one chunk (no overhead).
-CHUNK_BYTES = 256 * 2**20
+CHUNK_BYTES = 64 * 2**20
 
 
 def _chunk_length(x: torch.Tensor, dim: int, length: int) -> int:
@@ -138,14 +138,14 @@ class CausalConv3d(nn.Module):
         return self.conv(x)  # (B, Cout, T_out, H', W')
 
     def stream(self, x: torch.Tensor, transform: Transform | None = None,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+               out: torch.Tensor | None = None, accumulate: bool = True) -> torch.Tensor:
         """Same result as `forward`, computed over chunks of output frames (no autograd).
 
         `transform(piece, start, stop)` maps each input slice before padding (e.g. GroupNorm + swish);
-        with `out`, results are added into it (residual connections) instead of a new tensor.
+        with `out`, results are added into it (residual connections), or written when not `accumulate`.
         """
         front, stride, frames = self.kernel_frames - 1, self.stride_frames, x.shape[2]
-        accumulate = out is not None
+        accumulate = out is not None and accumulate
         out_frames = (frames - 1) // stride + 1
         step = _chunk_length(x, 2, out_frames * stride)  // stride
         for start in range(0, out_frames, max(step, 1)):
@@ -242,7 +242,16 @@ class ResnetBlock(nn.Module):
         """Inference: normalisation fused into chunked convs; the residual is accumulated in place, so
         at most x, h and the output are alive (the output is x itself when channels do not change)."""
         h = self.conv1.stream(x, _norm_silu_transform(self.norm1, x, self.per_frame))  # (..., Cout, ...)
-        out = x if self.nin_shortcut is None else self.nin_shortcut.stream(x)  # (..., Cout, ...)
+        in_channels, out_channels = x.shape[1], h.shape[1]
+        if self.nin_shortcut is None:
+            out = x
+        elif x.dim() == 5 and x.shape[0] == 1 and out_channels <= in_channels:
+            # Write the shortcut over x's last Cout channels: each frame chunk of x is read before
+            # those frames are overwritten, and x is not needed afterwards. Saves one activation at the
+            # decoder's channel reductions (the largest tensors of a decode).
+            out = self.nin_shortcut.stream(x, out=x[:, in_channels - out_channels:], accumulate=False)
+        else:
+            out = self.nin_shortcut.stream(x)  # (..., Cout, ...)
         del x
         return self.conv2.stream(h, _norm_silu_transform(self.norm2, h, self.per_frame), out=out)
 
