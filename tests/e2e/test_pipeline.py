@@ -1,0 +1,122 @@
+"""The tiny pipeline end to end, the way it runs in production: deployments from prefect.yaml on a
+real Prefect server, run by a process worker; MLflow server for tracking; S3 (moto) as artifact store.
+
+One pipeline run is shared by the assertions; a second run must skip every stage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+
+import pytest
+
+from components.core import manifest, storage, tracking
+from flows.stages import chain
+from tests.e2e.conftest import Stack
+from tests.servers import chromium
+
+pytestmark = pytest.mark.slow
+
+# Tiny data and few steps: the whole run takes tens of seconds on 2 cores.
+PARAMETERS = {"num": 12, "seed": 3, "overrides": []}
+STAGES = [stage.name for stage in chain()]
+
+
+def _parent_runs(run_root: str) -> list[dict]:
+    """The pipeline's MLflow parent runs for `run_root`, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`t2v.run_root` = '{run_root}'",
+                              order_by=["start_time ASC"])
+    return [tracking.get_run(run.info.run_id) for run in runs]
+
+
+@pytest.fixture(scope="module")
+def first_run(stack: Stack) -> str:
+    """The pipeline, each stage as its own flow run (deployment t2v-<stage>/local) on the process pool."""
+    run_root = f"{stack.bucket}/full"
+    proc = stack.run_deployment("t2v-full/local-split", {**PARAMETERS, "run_root": run_root})
+    assert proc.returncode == 0, f"pipeline failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    return run_root
+
+
+def test_every_stage_leaves_a_verified_manifest(first_run, stack_env):
+    for name in STAGES:
+        found = manifest.read_manifest(storage.join(first_run, name))
+        assert found is not None, f"no manifest for stage {name}"
+        assert found["stage"] == name or name.startswith(found["stage"])
+        for rel, entry in found["files"].items():
+            assert entry["uri"].startswith(f"{first_run}/{name}/"), rel
+            storage.read_bytes(entry["uri"], expected_sha256=entry["sha256"])  # raises on mismatch
+    report = storage.read_text(storage.join(first_run, "report.md"))
+    assert "t2v-full: completed" in report
+    for name in STAGES:
+        assert f"| {name} | **ran** |" in report
+
+
+def test_mlflow_shows_the_run_as_one_tree(first_run, stack_env):
+    (parent,) = _parent_runs(first_run)
+    assert parent["name"] == "t2v-full" and parent["status"] == "FINISHED"
+    assert parent["params"]["preset"] == "tiny"
+    assert json.loads(parent["params"]["overrides"]) == PARAMETERS["overrides"]
+    assert parent["params"]["stage_deployment"] == "local"
+    children = tracking.child_runs(parent["run_id"])
+    assert [child["name"] for child in children] == STAGES
+    for name, child in zip(STAGES, children, strict=True):
+        assert child["status"] == "FINISHED"
+        stage_manifest = storage.read_bytes(storage.join(first_run, name, "manifest.json"))
+        # Each stage's manifest names its run, and the parent carries the manifest's checksum.
+        assert json.loads(stage_manifest)["mlflow_run_id"] == child["run_id"]
+        assert parent["tags"][f"manifest.{name}.sha256"] == storage.sha256_bytes(stage_manifest)
+        assert parent["tags"][f"stage.{name}.status"] == "ran"
+
+
+def test_prefect_report_artifact(first_run, stack_env):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.pipeline import REPORT_KEY
+
+    with temporary_settings({PREFECT_API_URL: stack_env.prefect_api}), get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+        reports = [a for a in artifact if a.key == REPORT_KEY]
+    assert reports, "no t2v-full-report artifact"
+    assert any(first_run in str(a.data) for a in reports)
+
+
+def test_second_run_skips_every_stage(first_run, stack: Stack, stack_env):
+    before = {name: storage.read_bytes(storage.join(first_run, name, "manifest.json")) for name in STAGES}
+    # This time the whole pipeline runs in one flow run (deployment t2v-full/local).
+    proc = stack.run_deployment("t2v-full/local", {**PARAMETERS, "run_root": first_run})
+    assert proc.returncode == 0, f"second run failed:\n{proc.stdout[-6000:]}"
+    parents = _parent_runs(first_run)
+    assert len(parents) == 2
+    second = parents[-1]
+    assert second["status"] == "FINISHED"
+    assert {name: second["tags"][f"stage.{name}.status"] for name in STAGES} == dict.fromkeys(STAGES, "skipped")
+    assert tracking.child_runs(second["run_id"]) == []  # nothing ran, so no stage run was opened
+    for name in STAGES:
+        assert storage.read_bytes(storage.join(first_run, name, "manifest.json")) == before[name]
+    assert "**skipped**" in storage.read_text(storage.join(first_run, "report.md"))
+
+
+def test_mlflow_ui_lists_the_pipeline_runs(first_run, stack_env):
+    """What a user sees: the parent run's page in the MLflow UI lists every stage as a child run."""
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/ensure-system-deps.sh installs it as root)")
+    parent = _parent_runs(first_run)[0]
+    children = [child["name"] for child in tracking.child_runs(parent["run_id"])]
+    url = f"{stack_env.mlflow_url}/#/experiments/{parent['experiment_id']}/runs/{parent['run_id']}"
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--window-size=1600,1000", "--virtual-time-budget=15000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120).stdout
+    assert "t2v-full" in dom and "Child runs" in dom, dom[-2000:]
+    for name in children:
+        assert f">{name}<" in dom, f"child run {name} not shown on {url}"
