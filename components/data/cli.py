@@ -18,6 +18,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     synth.add_argument("--kind", choices=["shapes", "photos"], default="shapes")
     add_config_args(synth)
     add_tracking_args(synth)
+
+    filter_ = commands.add_parser("filter", help="probe, score and filter annotated videos into kept/rejected")
+    filter_.add_argument("--annotations", required=True, help="annotations JSON (Open-Sora Plan schema), local or s3://")
+    filter_.add_argument("--out", required=True, help="output folder or s3:// URI")
+    add_config_args(filter_)
+    add_tracking_args(filter_)
     return parser
 
 
@@ -28,4 +34,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
         return run_command(synthesize, out=args.out, num=args.num, seed=args.seed, kind=args.kind,
                            preset=args.preset, overrides=args.overrides, parent_run_id=args.parent_run_id)
+    if args.command == "filter":
+        from components.data.filter import run_filter
+
+        return run_command(run_filter, annotations=args.annotations, out=args.out, preset=args.preset,
+                           overrides=args.overrides, parent_run_id=args.parent_run_id)
     raise AssertionError(args.command)

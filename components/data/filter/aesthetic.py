@@ -1,0 +1,167 @@
+"""Aesthetic scores on a 1-10 scale, pluggable: `opencv` (offline, no weights) or `laion`.
+
+A clip's score is the mean over frames sampled evenly through it (at least first, middle and last).
+
+`opencv`: a no-reference image-quality score built from classic measures, computed on the frame scaled
+so its long side is at most 256 px:
+- sharpness: variance of the Laplacian relative to the grey-level variance (so a low-contrast scene is
+  not "blurry"); log-mapped to [0, 1] between 0.02 (heavily blurred) and 0.2 (crisp edges);
+- noise: Immerkær's fast noise estimate (1996) over the flattest quarter of the frame (so texture counts
+  little as noise); 0 below sigma 6 grey levels, 1 (fully noisy) at sigma 18 and above;
+- contrast: grey standard deviation / 50, capped at 1;
+- colourfulness: Hasler and Süsstrunk's metric (2003) / 80, capped at 1;
+- exposure: 1 minus the share of clipped pixels (<= 4 or >= 251).
+score = 1 + 9 · sharpness · (1 − noise) · (0.4 + 0.6 · mean(contrast, colourfulness, exposure)).
+Sharpness and noise multiply: colour cannot make up for a blurred or noisy frame. The score is not
+LAION's scale; its threshold is calibrated on the synthetic set (see presets/tiny.yaml).
+
+`laion`: the LAION "improved aesthetic predictor": the CLIP ViT-L/14 image embedding, L2-normalised
+(forgetting this gives scores above 10), then a small MLP head. The head's layer layout matches the public
+predictor's state dict (`layers.{0,2,4,6,7}`), so its released weights load as they are. Weights come from
+a local folder or a hub id named in the config and are never downloaded unless `allow_download` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+_ANALYSIS_SIZE = 256
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+
+
+class AestheticScorer(Protocol):
+    def __call__(self, frames: Sequence[np.ndarray]) -> float:
+        """Mean aesthetic score of BGR uint8 frames."""
+
+
+# --------------------------------------------------------------------------- opencv
+
+
+def _analysis_frame(frame: np.ndarray) -> np.ndarray:
+    height, width = frame.shape[:2]
+    scale = _ANALYSIS_SIZE / max(height, width)
+    if scale < 1:
+        frame = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+def _unit(value: float) -> float:
+    return float(np.clip(value, 0.0, 1.0))
+
+
+def quality_terms(frame: np.ndarray) -> dict[str, float]:
+    """The opencv score's terms for one BGR frame, each in [0, 1] (noise: 1 = very noisy)."""
+    frame = _analysis_frame(frame)
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    grey_var = float(grey.var())
+    relative_sharpness = float(cv2.Laplacian(grey, cv2.CV_32F).var()) / (grey_var + 1.0)
+    sharpness = _unit(np.log(max(relative_sharpness, 1e-6) / 0.02) / np.log(0.2 / 0.02))
+
+    # Immerkær: sigma = sqrt(pi/2) / 6 · mean |I * N|, over the flattest quarter (lowest smoothed gradient).
+    response = np.abs(cv2.filter2D(grey, -1, _IMMERKAER))[1:-1, 1:-1]
+    smooth = cv2.GaussianBlur(grey, (0, 0), 2.0)
+    gradient = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))[1:-1, 1:-1]
+    flat = gradient <= np.percentile(gradient, 25)
+    sigma = float(np.sqrt(np.pi / 2) / 6 * response[flat].mean()) if flat.any() else 0.0
+    noise = _unit((sigma - 6.0) / 12.0)
+
+    blue, green, red = (frame[..., c].astype(np.float32) for c in range(3))
+    rg, yb = red - green, 0.5 * (red + green) - blue
+    colourfulness = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+    clipped = float(((grey <= 4) | (grey >= 251)).mean())
+    return {"sharpness": sharpness, "noise": noise, "contrast": _unit(np.sqrt(grey_var) / 50.0),
+            "colourfulness": _unit(colourfulness / 80.0), "exposure": 1.0 - clipped}
+
+
+def opencv_frame_score(frame: np.ndarray) -> float:
+    terms = quality_terms(frame)
+    appeal = (terms["contrast"] + terms["colourfulness"] + terms["exposure"]) / 3
+    return 1.0 + 9.0 * terms["sharpness"] * (1.0 - terms["noise"]) * (0.4 + 0.6 * appeal)
+
+
+class OpenCVAesthetic:
+    def __call__(self, frames: Sequence[np.ndarray]) -> float:
+        assert frames, "no frames to score"
+        return float(np.mean([opencv_frame_score(f) for f in frames]))
+
+
+# --------------------------------------------------------------------------- laion
+
+
+def aesthetic_head(embedding_dim: int = 768):
+    """The predictor's MLP head (layer indices match the public state dict: layers.0/2/4/6/7)."""
+    from torch import nn
+
+    class AestheticHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(
+                nn.Linear(embedding_dim, 1024), nn.Dropout(0.2),
+                nn.Linear(1024, 128), nn.Dropout(0.2),
+                nn.Linear(128, 64), nn.Dropout(0.1),
+                nn.Linear(64, 16),
+                nn.Linear(16, 1),
+            )
+
+        def forward(self, embedding):  # (N, D) L2-normalised -> (N,)
+            return self.layers(embedding).squeeze(-1)
+
+    return AestheticHead()
+
+
+def _load_head_state(path: str):
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class LaionAesthetic:
+    """CLIP image embedding -> L2 normalise -> MLP head. Loaded once per process."""
+
+    def __init__(self, clip_model: str, head_weights: str, allow_download: bool = False, device: str = "cpu"):
+        import torch
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+        if not clip_model or not head_weights:
+            raise ValueError("filter.aesthetic.laion needs clip_model (folder or hub id) and head_weights (file)")
+        if not Path(head_weights).is_file():
+            raise ValueError(f"filter.aesthetic.laion.head_weights: no file at {head_weights}")
+        try:
+            self.processor = CLIPImageProcessor.from_pretrained(clip_model, local_files_only=not allow_download)
+            self.model = CLIPVisionModelWithProjection.from_pretrained(
+                clip_model, local_files_only=not allow_download).eval().to(device)
+        except OSError as exc:
+            hint = "" if allow_download else " (downloads are off: set filter.aesthetic.laion.allow_download=true)"
+            raise ValueError(f"filter.aesthetic.laion.clip_model: cannot load {clip_model}{hint}: {exc}") from None
+        self.head = aesthetic_head(self.model.config.projection_dim)
+        self.head.load_state_dict(_load_head_state(head_weights))
+        self.head.eval().to(device)
+        self.device = device
+        self._torch = torch
+
+    def embed(self, frames: Sequence[np.ndarray]):
+        rgb = [np.ascontiguousarray(f[..., ::-1]) for f in frames]
+        pixels = self.processor(images=rgb, return_tensors="pt")["pixel_values"].to(self.device)  # (N, 3, S, S)
+        embedding = self.model(pixel_values=pixels).image_embeds  # (N, D)
+        return embedding / embedding.norm(dim=-1, keepdim=True)  # the predictor was trained on unit vectors
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> float:
+        with self._torch.inference_mode():
+            return float(self.head(self.embed(frames)).mean())
+
+
+def build_scorer(config) -> AestheticScorer:
+    """The scorer named by `config` (a FilterConfig.aesthetic group)."""
+    if config.scorer == "opencv":
+        return OpenCVAesthetic()
+    laion = config.laion
+    return LaionAesthetic(laion.clip_model, laion.head_weights, laion.allow_download, laion.device)
