@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from components.core.cli import add_config_args, add_tracking_args, run_command
 
@@ -24,6 +25,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     filter_.add_argument("--out", required=True, help="output folder or s3:// URI")
     add_config_args(filter_)
     add_tracking_args(filter_)
+
+    shard = commands.add_parser("shard", help="bucket kept clips and write WebDataset shards + manifest")
+    shard.add_argument("--annotations", required=True, help="annotations JSON list (local path or s3:// URI)")
+    shard.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    add_config_args(shard)
+    add_tracking_args(shard)
+
+    verify = commands.add_parser("verify", help="re-check every shard of a manifest (exit 1 on any problem)")
+    verify.add_argument("manifest", help="manifest.json URI, or the shard output folder")
     return parser
 
 
@@ -39,4 +49,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
         return run_command(run_filter, annotations=args.annotations, out=args.out, preset=args.preset,
                            overrides=args.overrides, parent_run_id=args.parent_run_id)
+
+    if args.command == "shard":
+        from components.data.shard import shard
+
+        return run_command(shard, annotations=args.annotations, out=args.out, preset=args.preset,
+                           overrides=args.overrides, parent_run_id=args.parent_run_id)
+    if args.command == "verify":
+        from components.data.verify import verify
+
+        result: dict = {}
+        code = run_command(lambda manifest: result.update(verify(manifest)) or result, manifest=args.manifest)
+        if code == 0 and not result["ok"]:
+            print(f"error: {len(result['problems'])} problem(s): " + "; ".join(result["problems"]), file=sys.stderr)
+            return 1
+        return code
     raise AssertionError(args.command)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel, load_config
 
@@ -87,11 +87,63 @@ class FilterConfig(StrictModel):
 
 
 class ShardConfig(StrictModel):
-    """Bucketing and WebDataset sharding (`t2v data shard`)."""
+    """Bucketing and WebDataset sharding (`t2v data shard`).
+
+    The buckets are every (frames, height, width) with `frames` from `frames` and (height, width) from
+    `resolutions`; frames 1 is the image bucket family, the others take videos.
+    """
+
+    train_fps: float = Field(24.0, gt=0)  # every video is resampled to this rate (reference notes §5.2)
+    frames: list[int] = [1, 9, 17]  # 1 (images) or 4k+1, the causal VAE's frame rule (reference notes §1.5)
+    resolutions: list[tuple[int, int]] = [(64, 64), (48, 80), (80, 48)]  # (height, width), multiples of 16
+    max_upscale: float = Field(1.0, ge=1.0)  # largest resize factor allowed when the crop is smaller than the bucket
+    max_aspect_error: float = Field(1.25, ge=1.0)  # a clip's h/w may differ from its bucket's by this factor at most
+    crf: int = Field(12, ge=0, le=51)  # libx264 constant rate factor for the one re-encode
+    pix_fmt: Literal["yuv444p", "yuv420p"] = "yuv444p"
+    x264_preset: str = "medium"
+    shard_max_samples: int = Field(256, ge=1)
+    shard_max_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    workers: int = Field(2, ge=0)  # clips encoded in parallel threads (0: in the calling thread)
+    upload_workers: int = Field(4, ge=1)
+
+    @field_validator("frames")
+    @classmethod
+    def _four_k_plus_one(cls, frames: list[int]) -> list[int]:
+        bad = [f for f in frames if f < 1 or (f - 1) % 4]
+        if bad or not frames or len(set(frames)) != len(frames):
+            raise ValueError(f"frame counts must be distinct and 1 or 4k+1, got {frames}")
+        return sorted(frames)
+
+    @field_validator("resolutions")
+    @classmethod
+    def _multiple_of_16(cls, resolutions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        # 16 = VAE stride 8 x patch 2, so every bucket maps to whole latent patches.
+        bad = [r for r in resolutions if r[0] <= 0 or r[1] <= 0 or r[0] % 16 or r[1] % 16]
+        if bad or not resolutions or len(set(resolutions)) != len(resolutions):
+            raise ValueError(f"resolutions must be distinct (height, width) multiples of 16, got {resolutions}")
+        return resolutions
 
 
 class LoaderConfig(StrictModel):
-    """Streaming bucketed loader used by training."""
+    """Streaming bucketed loader used by training (embedded in the VAE and DiT configurations).
+
+    The batch size of a bucket is `batch_tokens // tokens per sample` (at least 1, at most
+    `max_batch_size`), where tokens per sample = t*h*w after VAE compression and patching, so one
+    configuration keeps the per-step work level across buckets and machines.
+    """
+
+    batch_tokens: int = Field(4096, ge=1)  # latent tokens per rank and step
+    vae_stride: tuple[int, int, int] = (4, 8, 8)  # (t, h, w) compression of the causal VAE (reference notes §1.5)
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # DiT patching (reference notes §2.2)
+    max_batch_size: int = Field(64, ge=1)
+    batch_size_overrides: dict[str, int] = {}  # bucket name "FxHxW" -> batch size per rank
+    min_frames: int = Field(1, ge=1)  # e.g. 2 keeps only video buckets (VAE training)
+    max_frames: int | None = None
+    buckets: list[str] | None = None  # only these bucket names ("FxHxW"); None = all
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes per rank
+    shuffle_shards: int = Field(8, ge=1)  # samples are shuffled within groups of this many shards
+    remainder: Literal["carry", "drop"] = "carry"  # a bucket's last partial global batch: next epoch first, or left out
 
 
 class DataConfig(StrictModel):

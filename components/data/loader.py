@@ -1,0 +1,226 @@
+"""The data component's public read API for training: bucketed batches streamed from WebDataset shards.
+
+    loader = BucketLoader("s3://bucket/shards/manifest.json", LoaderConfig(num_workers=4))
+    for batch in loader:  # one epoch, from where the loader stands
+        batch["video"]    # (B, C, T, H, W) float32 in [-1, 1]; images have T = 1
+        batch["caption"], batch["key"], batch["bucket"]  # list[str], list[str], (frames, height, width)
+    state = loader.state_dict()  # {"epoch", "step"}: load_state_dict(state) resumes at the next sample
+
+Every rank computes the same global schedule (`components.data.sampler`) from the manifest, so at each
+global step all ranks hold batches of one bucket (equal shapes; no rank waits for another), no sample
+is read twice in an epoch, and resume needs only (epoch, step). With `num_workers = k`, worker w builds
+whole batches for steps start + w, start + w + k, ...; the main process puts them back in step order,
+so the stream is the same for any k. Shards are streamed (local files, or S3 through boto3 without a
+full download first); a worker opens only the shards that hold its samples, in the order it needs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from components.core import storage
+from components.data.buckets import Bucket
+from components.data.config import LoaderConfig
+from components.data.sampler import BucketLayout, EpochPlan, Schedule, latent_tokens
+from components.data.shard_manifest import (
+    iter_samples,
+    manifest_uri,
+    open_shard,
+    read_shard_manifest,
+    resolve,
+)
+from components.data.video_io import decode_video
+
+__all__ = ["BucketLoader", "LoaderConfig", "batch_size_for", "build_loader"]
+
+log = logging.getLogger(__name__)
+
+
+def batch_size_for(bucket: Bucket, config: LoaderConfig) -> int:
+    """Per-rank batch size of a bucket: an explicit override, else the token budget over tokens per sample."""
+    if bucket.name in config.batch_size_overrides:
+        return int(config.batch_size_overrides[bucket.name])
+    tokens = latent_tokens(bucket.frames, bucket.height, bucket.width, config.vae_stride, config.patch_size)
+    return int(min(config.max_batch_size, max(1, config.batch_tokens // tokens)))
+
+
+def _selected(bucket: Bucket, config: LoaderConfig) -> bool:
+    if config.buckets is not None and bucket.name not in config.buckets:
+        return False
+    return bucket.frames >= config.min_frames and (config.max_frames is None or bucket.frames <= config.max_frames)
+
+
+def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = rank if rank is not None else (torch.distributed.get_rank() if initialised else 0)
+        world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if initialised else 1)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return rank, world_size
+
+
+class BucketLoader:
+    """Iterable over one epoch of this rank's batches at a time; see the module docstring."""
+
+    def __init__(self, manifest: str | Path, config: LoaderConfig | None = None,
+                 rank: int | None = None, world_size: int | None = None):
+        self.config = config or LoaderConfig()
+        self.rank, self.world_size = _distributed_defaults(rank, world_size)
+        self.manifest_uri = manifest_uri(manifest)
+        manifest_data = read_shard_manifest(self.manifest_uri)
+        unknown = set(self.config.batch_size_overrides) | set(self.config.buckets or [])
+        unknown -= {b["name"] for b in manifest_data["buckets"]}
+        if unknown:
+            raise ValueError(f"loader config names buckets not in {self.manifest_uri}: {sorted(unknown)}")
+        self.shard_uris: list[str] = []
+        shard_sizes: list[int] = []
+        layouts, self.bucket_shapes = [], []
+        for entry in manifest_data["buckets"]:
+            bucket = Bucket(entry["frames"], entry["height"], entry["width"])
+            if not _selected(bucket, self.config):
+                continue
+            sizes = np.array([s["samples"] for s in entry["shards"]], np.int64)
+            layouts.append(BucketLayout(bucket.name, sizes, int(sum(shard_sizes)), batch_size_for(bucket, self.config)))
+            self.bucket_shapes.append(bucket)
+            self.shard_uris += [resolve(self.manifest_uri, s["uri"]) for s in entry["shards"]]
+            shard_sizes += sizes.tolist()
+        if not layouts:
+            raise ValueError(f"no bucket of {self.manifest_uri} passes the loader's bucket filter")
+        self.shard_offsets = np.concatenate([[0], np.cumsum(shard_sizes)]).astype(np.int64)
+        self.schedule = Schedule(layouts, self.world_size, self.config.seed, self.config.shuffle_shards,
+                                 self.config.remainder)
+        for layout in layouts:
+            if layout.num_samples < layout.batch_size * self.world_size:
+                log.warning("bucket %s: %d samples < one global batch (%d x %d ranks): never served",
+                            layout.name, layout.num_samples, layout.batch_size, self.world_size)
+        self.epoch, self.step = 0, 0
+        self._plan: EpochPlan | None = None
+
+    # ----------------------------------------------------------------- schedule and state
+
+    @property
+    def batch_sizes(self) -> dict[str, int]:
+        return {layout.name: layout.batch_size for layout in self.schedule.buckets}
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        epoch = self.epoch if epoch is None else epoch
+        if self._plan is None or self._plan.epoch != epoch:
+            self._plan = self.schedule.epoch(epoch)
+        return self._plan
+
+    def __len__(self) -> int:
+        """Global steps per epoch (the same on every rank)."""
+        return len(self.plan())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.step = int(epoch), 0
+
+    def state_dict(self) -> dict[str, int]:
+        """The position of the next batch: (epoch, step). A finished epoch reads as the next one's start."""
+        if self.step >= len(self):
+            return {"epoch": self.epoch + 1, "step": 0}
+        return {"epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        if not 0 <= self.step <= len(self):
+            raise ValueError(f"loader state step {self.step} is outside epoch {self.epoch} ({len(self)} steps)")
+
+    # ----------------------------------------------------------------- iteration
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        plan = self.plan()
+        stream = _StepStream(plan, self.rank, self.step, self.shard_uris, self.shard_offsets, self.bucket_shapes,
+                             self.config.seed)
+        if self.config.num_workers:
+            source = iter(DataLoader(stream, batch_size=None, num_workers=self.config.num_workers))
+        else:
+            source = iter(stream)
+        pending: dict[int, dict[str, Any]] = {}
+        for step, batch in source:
+            pending[step] = batch
+            # DataLoader already returns workers' outputs round-robin, i.e. in step order; the buffer
+            # makes the order a guarantee rather than an assumption.
+            while self.step in pending:
+                out = pending.pop(self.step)
+                out["bucket"] = tuple(out["bucket"])  # DataLoader's worker transfer turns tuples into lists
+                self.step += 1
+                yield out
+        assert not pending and self.step == len(plan), (sorted(pending), self.step, len(plan))
+        self.epoch, self.step = self.epoch + 1, 0
+
+
+def build_loader(manifest: str | Path, config: LoaderConfig | None = None,
+                 rank: int | None = None, world_size: int | None = None) -> BucketLoader:
+    return BucketLoader(manifest, config, rank, world_size)
+
+
+class _StepStream(IterableDataset):
+    """(step, batch) for this worker's steps of one epoch, reading only the shards that hold its samples."""
+
+    def __init__(self, plan: EpochPlan, rank: int, start_step: int, shard_uris: list[str],
+                 shard_offsets: np.ndarray, bucket_shapes: list[Bucket], seed: int):
+        super().__init__()
+        self.plan, self.rank, self.start_step, self.seed = plan, rank, start_step, seed
+        self.shard_uris, self.shard_offsets, self.bucket_shapes = shard_uris, shard_offsets, bucket_shapes
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            storage.reset_clients()  # a boto3 client must not cross a fork
+        steps = list(range(self.start_step + worker, len(self.plan), num_workers))
+        needs = [self.plan.batch(step, self.rank) for step in steps]
+        if not needs:
+            return
+        wanted = np.concatenate(needs)
+        wanted_set = set(wanted.tolist())
+        shard_of = np.searchsorted(self.shard_offsets, wanted, side="right") - 1
+        _, first_need = np.unique(shard_of, return_index=True)
+        shard_order = iter(shard_of[np.sort(first_need)].tolist())  # shards in the order their samples are needed
+        buffer: dict[int, dict[str, Any]] = {}
+        for step, ids in zip(steps, needs, strict=True):
+            for sample_id in ids.tolist():
+                while sample_id not in buffer:
+                    self._read_shard(next(shard_order), wanted_set, buffer)
+            yield step, self._collate(step, [buffer.pop(i) for i in ids.tolist()])
+
+    def _read_shard(self, shard: int, wanted: set[int], buffer: dict[int, dict[str, Any]]) -> None:
+        uri, first = self.shard_uris[shard], int(self.shard_offsets[shard])
+        with open_shard(uri) as stream:
+            for position, sample in enumerate(iter_samples(stream)):
+                if first + position in wanted:
+                    buffer[first + position] = {**sample, "__url__": uri}
+
+    def _collate(self, step: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        bucket = self.bucket_shapes[int(self.plan.step_bucket[step])]
+        videos, captions, keys = [], [], []
+        for sample in samples:
+            meta = json.loads(sample["json"])
+            frames = decode_video(sample["mp4"])  # (T, H, W, 3) uint8
+            if frames.shape[:3] != (bucket.frames, bucket.height, bucket.width):
+                raise ValueError(f"shard {sample['__url__']}: sample {sample['__key__']} has shape {frames.shape[:3]}, "
+                                 f"bucket {bucket.name} says otherwise")
+            videos.append(frames)
+            captions.append(self._caption(meta["captions"], sample["__key__"]))
+            keys.append(sample["__key__"])
+        video = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W) uint8
+        return {"video": video.float().div_(127.5).sub_(1.0), "caption": captions, "key": keys,
+                "bucket": (bucket.frames, bucket.height, bucket.width), "epoch": self.plan.epoch, "step": step}
+
+    def _caption(self, captions: list[str], key: str) -> str:
+        """One caption per sample and epoch, chosen deterministically (the reference picks at random, §5.1)."""
+        if len(captions) == 1:
+            return captions[0]
+        digest = hashlib.sha256(f"{self.seed}/{self.plan.epoch}/{key}".encode()).digest()
+        return captions[int.from_bytes(digest[:8], "little") % len(captions)]

@@ -1,0 +1,86 @@
+"""`t2v data verify MANIFEST`: re-read every shard and check its sha256, size, sample count and keys."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from components.core import storage
+from components.data.shard_manifest import (
+    iter_samples,
+    manifest_uri,
+    open_shard,
+    read_shard_manifest,
+    resolve,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _HashingReader:
+    """Passes reads through while hashing and counting, so one pass checks the tar and its checksum."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream, self.digest, self.size = stream, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _check_shard(uri: str, entry: dict[str, Any], expected_keys: list[str] | None) -> list[str]:
+    problems = []
+    try:
+        with open_shard(uri) as stream:
+            reader = _HashingReader(stream)
+            keys = []
+            for sample in iter_samples(reader):
+                keys.append(sample["__key__"])
+                if not {"mp4", "json"} <= sample.keys():
+                    problems.append(f"shard {uri}: sample {sample['__key__']} lacks .mp4 or .json")
+            reader.drain()
+    except Exception as exc:  # a truncated or garbled tar: name the shard, keep checking the others
+        return [f"shard {uri}: unreadable ({type(exc).__name__}: {exc})"]
+    if reader.digest.hexdigest() != entry["sha256"]:
+        problems.append(f"shard {uri}: sha256 {reader.digest.hexdigest()} != manifest {entry['sha256']}")
+    if reader.size != entry["bytes"]:
+        problems.append(f"shard {uri}: {reader.size} bytes != manifest {entry['bytes']}")
+    if len(keys) != entry["samples"]:
+        problems.append(f"shard {uri}: {len(keys)} samples != manifest {entry['samples']}")
+    elif expected_keys is not None and keys != expected_keys:
+        problems.append(f"shard {uri}: sample keys differ from the index")
+    return problems
+
+
+def verify(manifest: str | Path) -> dict[str, Any]:
+    """Check every shard the manifest names. Returns {"ok", "shards", "samples", "problems"}."""
+    uri = manifest_uri(manifest)
+    data = read_shard_manifest(uri)
+    problems: list[str] = []
+    index_uri = resolve(uri, data["index"]["uri"])
+    try:
+        index = storage.read_json(index_uri, data["index"]["sha256"])["shards"]
+    except storage.StorageError as exc:
+        problems.append(f"index {index_uri}: {exc}")
+        index = {}
+    shards = samples = 0
+    for bucket in data["buckets"]:
+        if sum(s["samples"] for s in bucket["shards"]) != bucket["samples"]:
+            problems.append(f"bucket {bucket['name']}: shard sample counts do not add up to {bucket['samples']}")
+        for entry in bucket["shards"]:
+            shards += 1
+            samples += entry["samples"]
+            problems += _check_shard(resolve(uri, entry["uri"]), entry, index.get(entry["uri"]))
+    if samples != data["num_samples"]:
+        problems.append(f"manifest: buckets hold {samples} samples, num_samples says {data['num_samples']}")
+    for problem in problems:
+        log.error("verify: %s", problem)
+    return {"ok": not problems, "manifest": uri, "shards": shards, "samples": samples, "problems": problems}
