@@ -20,12 +20,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_config_args(synth)
     add_tracking_args(synth)
 
-    filter_ = commands.add_parser("filter", help="probe, score and filter annotated videos into kept/rejected")
-    filter_.add_argument("--annotations", required=True, help="annotations JSON (Open-Sora Plan schema), local or s3://")
-    filter_.add_argument("--out", required=True, help="output folder or s3:// URI")
-    add_config_args(filter_)
-    add_tracking_args(filter_)
-
     shard = commands.add_parser("shard", help="bucket kept clips and write WebDataset shards + manifest")
     shard.add_argument("--annotations", required=True, help="annotations JSON list (local path or s3:// URI)")
     shard.add_argument("--out", required=True, help="output folder or s3:// prefix")
@@ -34,6 +28,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="re-check every shard of a manifest (exit 1 on any problem)")
     verify.add_argument("manifest", help="manifest.json URI, or the shard output folder")
+
+    filter_ = commands.add_parser("filter", help="probe, score and filter annotated videos into kept/rejected")
+    filter_.add_argument("--annotations", required=True, help="annotations JSON (Open-Sora Plan schema), local or s3://")
+    filter_.add_argument("--out", required=True, help="output folder or s3:// URI")
+    add_config_args(filter_)
+    add_tracking_args(filter_)
     return parser
 
 
@@ -44,12 +44,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
         return run_command(synthesize, out=args.out, num=args.num, seed=args.seed, kind=args.kind,
                            preset=args.preset, overrides=args.overrides, parent_run_id=args.parent_run_id)
-    if args.command == "filter":
-        from components.data.filter import run_filter
-
-        return run_command(run_filter, annotations=args.annotations, out=args.out, preset=args.preset,
-                           overrides=args.overrides, parent_run_id=args.parent_run_id)
-
     if args.command == "shard":
         from components.data.shard import shard
 
@@ -64,4 +58,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f"error: {len(result['problems'])} problem(s): " + "; ".join(result["problems"]), file=sys.stderr)
             return 1
         return code
+
+    if args.command == "filter":
+        from components.data.filter import run_filter
+
+        return run_command(run_filter, annotations=args.annotations, out=args.out, preset=args.preset,
+                           overrides=args.overrides, parent_run_id=args.parent_run_id)
     raise AssertionError(args.command)

@@ -1,0 +1,135 @@
+"""Typed configuration of the causal video VAE; presets in `presets/<name>.yaml`.
+
+The root `VAEConfig` holds one group per concern (`model` today; training, data and evaluation groups
+join it later). `VAEModelConfig` is also what a VAE model folder stores in its `config.json`, so later
+stages read the latent scale and compression factors from the artifact, never from a constant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+
+from components.core.config import StrictModel, load_config
+from components.vae.train_config import DataConfig, EvalConfig, TrainConfig
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+# Module kinds keep the reference's names (reference notes §1.1) so official configs map 1:1.
+ResnetKind = Literal["ResnetBlock2D", "ResnetBlock3D"]
+DownsampleKind = Literal["", "Downsample", "Spatial2xTime2x3DDownsample"]
+UpsampleKind = Literal["", "SpatialUpsample2x", "Spatial2xTime2x3DUpsample"]
+
+
+class TilingConfig(StrictModel):
+    """Tiled encode/decode for clips larger than one tile (see `tiling.py`).
+
+    Neighbouring tiles overlap and are cross-faded linearly in time as well as in space, so there
+    are no seams (the reference drops a boundary frame instead: reference notes §1.7, §9.3).
+    """
+
+    enabled: bool = False
+    tile_size: int = 256  # pixels per spatial tile side (multiple of the spatial compression)
+    tile_frames: int = 33  # pixel frames per temporal tile (1 + k * temporal compression)
+    overlap: int = 4  # spatial overlap between tiles, in latent pixels
+    overlap_frames: int = 2  # temporal overlap between tiles, in latent frames (>= 2 cross-fades)
+
+
+class VAEModelConfig(StrictModel):
+    """Architecture of `CausalVAE` (reference notes §1.1-1.4)."""
+
+    in_channels: int = 3
+    hidden_size: int = 128  # channels of level 0; level i has hidden_size * hidden_size_mult[i]
+    hidden_size_mult: list[int] = [1, 2, 4, 4]
+    z_channels: int = 4  # encoder emits 2 * z_channels (mean and logvar)
+    embed_dim: int = 4  # latent channels after quant_conv
+    num_res_blocks: int = 2  # per encoder level; the decoder has num_res_blocks + 1 per level
+    norm_groups: int = 32  # GroupNorm groups (reference: 32); must divide every channel count
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    encoder_conv_in: Literal["Conv2d", "CausalConv3d"] = "Conv2d"
+    encoder_resnet_blocks: list[ResnetKind] = ["ResnetBlock2D", "ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"]
+    encoder_downsample: list[DownsampleKind] = ["Downsample", "Spatial2xTime2x3DDownsample",
+                                                "Spatial2xTime2x3DDownsample", ""]
+    decoder_resnet_blocks: list[ResnetKind] = ["ResnetBlock3D"] * 4
+    decoder_upsample: list[UpsampleKind] = ["", "SpatialUpsample2x", "Spatial2xTime2x3DUpsample",
+                                            "Spatial2xTime2x3DUpsample"]
+    # Interpolation of Spatial2xTime2x3DUpsample: the reference uses trilinear; "nearest" makes the
+    # tail-initialised decoder equal the 2D SD decoder on images (whose upsampler is nearest).
+    upsample_interpolation: Literal["trilinear", "nearest"] = "trilinear"
+    mid_attention: bool = True  # AttnBlock3DFix between the two mid res-blocks (per-frame attention)
+    use_quant_layer: bool = True  # quant_conv / post_quant_conv (1x1x1 causal convs)
+    scale_factor: float = 0.18215  # latent scale applied by downstream stages, never inside the VAE
+    temporal_compression: int = 4  # checked against the block kinds
+    spatial_compression: int = 8  # checked against the block kinds
+    tiling: TilingConfig = TilingConfig()
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.hidden_size_mult)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.embed_dim if self.use_quant_layer else self.z_channels
+
+    @property
+    def compression(self) -> dict[str, int]:
+        return {"t": self.temporal_compression, "h": self.spatial_compression, "w": self.spatial_compression}
+
+    @model_validator(mode="after")
+    def _check_architecture(self) -> VAEModelConfig:
+        levels = self.num_levels
+        for name in ("encoder_resnet_blocks", "encoder_downsample", "decoder_resnet_blocks", "decoder_upsample"):
+            if len(getattr(self, name)) != levels:
+                raise ValueError(f"{name} needs one entry per level ({levels}, from hidden_size_mult)")
+        if not self.use_quant_layer and self.embed_dim != self.z_channels:
+            raise ValueError("embed_dim must equal z_channels when use_quant_layer is false")
+        channels = {self.hidden_size * m for m in self.hidden_size_mult}
+        if any(c % self.norm_groups for c in channels):
+            raise ValueError(f"norm_groups={self.norm_groups} does not divide the channel counts {sorted(channels)}")
+        spatial_down = sum(kind != "" for kind in self.encoder_downsample)
+        temporal_down = sum(kind == "Spatial2xTime2x3DDownsample" for kind in self.encoder_downsample)
+        spatial_up = sum(kind != "" for kind in self.decoder_upsample)
+        temporal_up = sum(kind == "Spatial2xTime2x3DUpsample" for kind in self.decoder_upsample)
+        if (spatial_down, temporal_down) != (spatial_up, temporal_up):
+            raise ValueError("decoder_upsample must undo encoder_downsample (same number of spatial and temporal steps)")
+        if self.spatial_compression != 2**spatial_down or self.temporal_compression != 2**temporal_down:
+            raise ValueError(f"compression must match the block kinds: spatial_compression={2**spatial_down}, "
+                             f"temporal_compression={2**temporal_down}")
+        tiling = self.tiling
+        if tiling.tile_size % self.spatial_compression:
+            raise ValueError("tiling.tile_size must be a multiple of spatial_compression")
+        # Interior tiles need room for both ramps, so the weights still sum to one (tiling.py).
+        if not 0 <= 2 * tiling.overlap <= tiling.tile_size // self.spatial_compression:
+            raise ValueError("tiling.overlap must be >= 0 and at most half a tile in latent pixels")
+        if (tiling.tile_frames - 1) % self.temporal_compression:
+            raise ValueError("tiling.tile_frames must be 1 + k * temporal_compression")
+        latent_tile_frames = (tiling.tile_frames - 1) // self.temporal_compression + 1
+        if not 1 <= tiling.overlap_frames or 2 * tiling.overlap_frames > latent_tile_frames:
+            raise ValueError("tiling.overlap_frames must be >= 1 and at most half a tile in latent frames")
+        return self
+
+
+class TailInitConfig(StrictModel):
+    """Tail initialisation from a 2D SD VAE (reference notes §1.8; `tail_init.py`)."""
+
+    source: str | None = None  # diffusers AutoencoderKL folder or hub id, or an LDM state-dict file
+    subfolder: str | None = None  # e.g. "vae" inside a full Stable Diffusion repository
+    allow_download: bool = False  # hub ids are resolved from the local cache only unless this is true
+
+
+class VAEConfig(StrictModel):
+    """Root configuration of the VAE component; other groups (train, data, eval) sit beside `model`."""
+
+    model: VAEModelConfig = VAEModelConfig()
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+    init: TailInitConfig = TailInitConfig()
+
+
+def load_vae_config(preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> VAEConfig:
+    return load_config(VAEConfig, PRESETS_DIR, preset, overrides)

@@ -1,0 +1,45 @@
+"""Exponential moving average of a model's trainable parameters, with its own state dict.
+
+The shadow weights are kept apart from the live model: resuming restores both separately, and only the
+explicit phase-1 -> phase-2 handoff turns EMA weights into live weights (reference pitfall §9.11).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema decay must be in [0, 1); got {decay}")
+        self.decay = decay
+        self.shadow = {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """shadow <- decay · shadow + (1 - decay) · param (reference notes §1.10)."""
+        for name, param in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(param.detach(), 1.0 - self.decay)
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A full state dict of `model` with EMA parameters in place of the live ones (buffers as live)."""
+        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        state.update({name: shadow.clone() for name, shadow in self.shadow.items()})
+        return state
+
+    def state_dict(self) -> dict[str, object]:
+        return {"decay": self.decay, "shadow": {name: tensor.clone() for name, tensor in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        shadow = state["shadow"]
+        assert isinstance(shadow, dict)
+        if set(shadow) != set(self.shadow):
+            missing, unexpected = set(self.shadow) - set(shadow), set(shadow) - set(self.shadow)
+            raise ValueError(f"EMA state does not match the model: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        self.decay = float(state["decay"])
+        for name, tensor in shadow.items():
+            self.shadow[name].copy_(tensor)

@@ -1,0 +1,400 @@
+"""CausalVAE: the causal video VAE of Open-Sora Plan v1.2 (network only).
+
+Module and parameter names equal the reference's state-dict keys (reference notes §8.1), so official
+weights load without renaming. Semantics follow reference notes §1.2-1.5. Video is (B, 3, T, H, W) in
+[-1, 1]; latents are (B, C, t, h, w) with t = 1 + (T - 1) / 4, h = H / 8, w = W / 8 for v1.2. No latent
+scaling happens here: downstream stages multiply by `config.scale_factor` themselves.
+
+Engineering differences to the reference, at equal outputs (§9.16):
+- per-frame (2D) modules run on a (B*T, C, H, W) frame layout that is entered and left once per run of
+  2D modules, instead of a rearrange around every operator;
+- the encoder keeps no list of intermediates;
+- the mid attention runs through `scaled_dot_product_attention`, all frames batched;
+- without autograd, activations and residual adds run in place and causal 3D convolutions run in
+  temporal chunks, so the peak memory is a few activations, not a dozen.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.vae.config import VAEModelConfig
+from components.vae.posterior import DiagonalGaussian
+
+# Without autograd, a causal conv over more than this many output frames is computed in chunks of
+# frames, writing into one preallocated output: this bounds the memory of the padded input copy and of
+# oneDNN's layout reorders to one chunk.
+CONV_CHUNK_FRAMES = 8
+
+
+def _no_grad() -> bool:
+    return not torch.is_grad_enabled()
+
+
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=_no_grad())
+
+
+def _to_frames(video: torch.Tensor) -> torch.Tensor:
+    batch, channels, frames, height, width = video.shape
+    return video.transpose(1, 2).reshape(batch * frames, channels, height, width)  # (B*T, C, H, W)
+
+
+def _to_video(frames: torch.Tensor, batch: int) -> torch.Tensor:
+    count, channels, height, width = frames.shape
+    video = frames.reshape(batch, count // batch, channels, height, width)  # (B, T, C, H, W)
+    return video.transpose(1, 2).contiguous()  # (B, C, T, H, W)
+
+
+def _run(module: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Apply `module` in the layout it works in: frames (per-frame 2D modules) or video (3D modules)."""
+    if module.per_frame and x.dim() == 5:
+        x = _to_frames(x)  # (B*T, C, H, W)
+    elif not module.per_frame and x.dim() == 4:
+        x = _to_video(x, batch)  # (B, C, T, H, W)
+    return module(x)
+
+
+# --------------------------------------------------------------------------- primitives (§1.2)
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution, causal in time: the first frame is replicated k_t - 1 times in front.
+
+    Spatial padding is symmetric zero padding; no temporal padding at the end, so
+    T_out = (T - 1) // s_t + 1. The wrapped `nn.Conv3d` lives at `.conv` (reference key layout).
+    """
+
+    per_frame = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int],
+                 stride: int = 1, padding: int | tuple[int, int] = 0):
+        super().__init__()
+        kernel = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+        spatial_padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
+        self.kernel_frames = kernel[0]
+        self.stride_frames = stride
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=(0, *spatial_padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, T, H, W)
+        front = self.kernel_frames - 1
+        frames = x.shape[2]
+        out_frames = (frames - 1) // self.stride_frames + 1
+        if _no_grad() and out_frames > CONV_CHUNK_FRAMES:
+            return self._chunked(x, out_frames)
+        if front:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, front, -1, -1), x], dim=2)  # (B, Cin, T + kt - 1, H, W)
+        return self.conv(x)  # (B, Cout, T_out, H', W')
+
+    def _chunked(self, x: torch.Tensor, out_frames: int) -> torch.Tensor:
+        """Same result as `forward`, computed CONV_CHUNK_FRAMES output frames at a time."""
+        front, stride = self.kernel_frames - 1, self.stride_frames
+        out = None
+        for start in range(0, out_frames, CONV_CHUNK_FRAMES):
+            stop = min(start + CONV_CHUNK_FRAMES, out_frames)
+            # Output frame o reads padded frames [o*s, o*s + kt); padded frame p is input frame p - front.
+            first, last = start * stride - front, (stop - 1) * stride - front + self.kernel_frames
+            piece = x[:, :, max(first, 0):last]  # (B, Cin, <=span, H, W)
+            if first < 0:
+                piece = torch.cat([x[:, :, :1].expand(-1, -1, -first, -1, -1), piece], dim=2)
+            result = self.conv(piece)  # (B, Cout, stop - start, H', W')
+            if out is None:
+                out = result.new_empty((*result.shape[:2], out_frames, *result.shape[3:]))
+            out[:, :, start:stop] = result
+        return out  # (B, Cout, T_out, H', W')
+
+
+class Conv2d(nn.Conv2d):
+    """A 2D convolution applied to every frame (frame layout)."""
+
+    per_frame = True
+
+
+class ResnetBlock(nn.Module):
+    """GN, swish, conv3, GN, swish, dropout, conv3, plus a (1x1) shortcut when channels change.
+
+    The 3D variant uses causal 3x3x3 convs and GroupNorm over C/G x T x H x W (statistics pooled over
+    all frames: reference notes §1.2, §1.5); the 2D variant works per frame.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, three_d: bool, groups: int, eps: float, dropout: float):
+        super().__init__()
+        self.per_frame = not three_d
+        if three_d:
+            def conv(cin: int, cout: int, k: int) -> nn.Module:
+                return CausalConv3d(cin, cout, k, padding=k // 2)
+        else:
+            def conv(cin: int, cout: int, k: int) -> nn.Module:
+                return nn.Conv2d(cin, cout, k, padding=k // 2)
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = conv(in_channels, out_channels, 3)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = conv(out_channels, out_channels, 3)
+        self.nin_shortcut = conv(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, T, H, W) or (B*T, Cin, H, W)
+        h = self.conv1(_silu(self.norm1(x)))  # (..., Cout, ...)
+        h = self.conv2(self.dropout(_silu(self.norm2(h))))  # (..., Cout, ...)
+        shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)  # (..., Cout, ...)
+        return h.add_(shortcut) if _no_grad() else h + shortcut
+
+
+class AttnBlock3DFix(nn.Module):
+    """Single-head self-attention inside each frame over its h*w positions (no temporal mixing).
+
+    q/k/v/proj_out are 1x1x1 causal convs (reference key layout); we apply them as one linear map and
+    batch every frame through `scaled_dot_product_attention` (scale C^-0.5, as the reference).
+    """
+
+    per_frame = False
+
+    def __init__(self, channels: int, groups: int, eps: float):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.q = CausalConv3d(channels, channels, 1)
+        self.k = CausalConv3d(channels, channels, 1)
+        self.v = CausalConv3d(channels, channels, 1)
+        self.proj_out = CausalConv3d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        batch, channels, frames, height, width = x.shape
+        tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(batch * frames, height * width, channels)  # (B*T, HW, C)
+        weight = torch.cat([self.q.conv.weight, self.k.conv.weight, self.v.conv.weight]).view(3 * channels, channels)
+        bias = torch.cat([self.q.conv.bias, self.k.conv.bias, self.v.conv.bias])
+        q, k, v = F.linear(tokens, weight, bias).unsqueeze(1).chunk(3, dim=-1)  # (B*T, 1, HW, C) each
+        attended = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (B*T, HW, C)
+        out = F.linear(attended, self.proj_out.conv.weight.view(channels, channels), self.proj_out.conv.bias)
+        out = out.view(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
+        return x + out
+
+
+class Downsample(nn.Module):
+    """Per-frame 2x spatial downsampling: zero pad right/bottom by 1, conv 3x3 stride 2 (as SD's LDM)."""
+
+    per_frame = True
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B*T, C, H, W)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (B*T, C, H/2, W/2)
+
+
+class Spatial2xTime2x3DDownsample(nn.Module):
+    """Zero pad right/bottom by 1, causal conv 3x3x3 stride 2: T -> (T-1)//2 + 1, H -> H/2, W -> W/2."""
+
+    per_frame = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (B, C, (T-1)//2+1, H/2, W/2)
+
+
+class SpatialUpsample2x(nn.Module):
+    """Nearest 2x in H and W, then a causal (1,3,3) conv."""
+
+    per_frame = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, (1, 3, 3), padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, C, T, 2H, 2W)
+        return self.conv(x)  # (B, C, T, 2H, 2W)
+
+
+class Spatial2xTime2x3DUpsample(nn.Module):
+    """Frame 0 upsampled 2x in space only, frames 1.. 2x in time and space, then causal conv 3x3x3.
+
+    T -> 1 + 2(T-1), the inverse of the strided causal downsampling (reference notes §1.2).
+    """
+
+    per_frame = False
+
+    def __init__(self, channels: int, mode: str = "trilinear"):
+        super().__init__()
+        self.mode = mode
+        self.conv = CausalConv3d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        first = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2), mode=self.mode)  # (B, C, 1, 2H, 2W)
+        if x.shape[2] > 1:
+            rest = F.interpolate(x[:, :, 1:], scale_factor=(2, 2, 2), mode=self.mode)  # (B, C, 2(T-1), 2H, 2W)
+            first = torch.cat([first, rest], dim=2)  # (B, C, 1 + 2(T-1), 2H, 2W)
+        return self.conv(first)  # (B, C, 1 + 2(T-1), 2H, 2W)
+
+
+# --------------------------------------------------------------------------- encoder and decoder (§1.3-1.4)
+
+
+class _MidBlock(nn.Module):
+    def __init__(self, channels: int, config: VAEModelConfig):
+        super().__init__()
+        resnet = dict(three_d=True, groups=config.norm_groups, eps=config.norm_eps, dropout=config.dropout)
+        self.block_1 = ResnetBlock(channels, channels, **resnet)
+        self.attn_1 = AttnBlock3DFix(channels, config.norm_groups, config.norm_eps) if config.mid_attention else None
+        self.block_2 = ResnetBlock(channels, channels, **resnet)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, t, h, w)
+        x = self.block_1(x)
+        if self.attn_1 is not None:
+            x = self.attn_1(x)
+        return self.block_2(x)  # (B, C, t, h, w)
+
+
+class _Level(nn.Module):
+    """One resolution level: `block` res-blocks then an optional `downsample` or `upsample`."""
+
+    def __init__(self, blocks: list[nn.Module], resample_name: str, resample: nn.Module | None):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.resample_name = resample_name
+        if resample is not None:
+            setattr(self, resample_name, resample)
+
+    def resample(self) -> nn.Module | None:
+        return getattr(self, self.resample_name, None)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: VAEModelConfig):
+        super().__init__()
+        hidden, mult = config.hidden_size, config.hidden_size_mult
+        if config.encoder_conv_in == "Conv2d":
+            self.conv_in = Conv2d(config.in_channels, hidden, 3, padding=1)
+        else:
+            self.conv_in = CausalConv3d(config.in_channels, hidden, 3, padding=1)
+        resnet = dict(groups=config.norm_groups, eps=config.norm_eps, dropout=config.dropout)
+        levels = []
+        in_channels = hidden
+        for level, (factor, block_kind, down_kind) in enumerate(
+                zip(mult, config.encoder_resnet_blocks, config.encoder_downsample)):
+            out_channels = hidden * factor
+            blocks = [ResnetBlock(in_channels if i == 0 else out_channels, out_channels,
+                                  three_d=block_kind == "ResnetBlock3D", **resnet)
+                      for i in range(config.num_res_blocks)]
+            down = {"": None, "Downsample": Downsample,
+                    "Spatial2xTime2x3DDownsample": Spatial2xTime2x3DDownsample}[down_kind]
+            levels.append(_Level(blocks, "downsample", down(out_channels) if down else None))
+            in_channels = out_channels
+        self.down = nn.ModuleList(levels)
+        self.mid = _MidBlock(in_channels, config)
+        self.norm_out = nn.GroupNorm(config.norm_groups, in_channels, eps=config.norm_eps)
+        self.conv_out = CausalConv3d(in_channels, 2 * config.z_channels, 3, padding=1)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W)
+        batch = video.shape[0]
+        h = _run(self.conv_in, video, batch)  # (B*T, C0, H, W) or (B, C0, T, H, W)
+        for level in self.down:
+            for block in level.block:
+                h = _run(block, h, batch)  # (.., Ci, .., H_i, W_i)
+            if level.resample() is not None:
+                h = _run(level.resample(), h, batch)  # (.., Ci, .., H_i/2, W_i/2), T halved by 3D downsample
+        if h.dim() == 4:
+            h = _to_video(h, batch)  # (B, C, t, h, w)
+        h = self.mid(h)  # (B, C, t, h, w)
+        h = _silu(self.norm_out(h))  # (B, C, t, h, w)
+        return self.conv_out(h)  # (B, 2z, t, h, w)
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: VAEModelConfig):
+        super().__init__()
+        hidden, mult = config.hidden_size, config.hidden_size_mult
+        in_channels = hidden * mult[-1]
+        self.conv_in = CausalConv3d(config.z_channels, in_channels, 3, padding=1)
+        self.mid = _MidBlock(in_channels, config)
+        resnet = dict(groups=config.norm_groups, eps=config.norm_eps, dropout=config.dropout)
+        levels: list[nn.Module | None] = [None] * config.num_levels
+        # `up` is indexed fine -> coarse like the reference; forward walks it coarse -> fine.
+        for level in reversed(range(config.num_levels)):
+            out_channels = hidden * mult[level]
+            three_d = config.decoder_resnet_blocks[level] == "ResnetBlock3D"
+            blocks = [ResnetBlock(in_channels if i == 0 else out_channels, out_channels, three_d=three_d, **resnet)
+                      for i in range(config.num_res_blocks + 1)]
+            kind = config.decoder_upsample[level]
+            if kind == "SpatialUpsample2x":
+                up = SpatialUpsample2x(out_channels)
+            elif kind == "Spatial2xTime2x3DUpsample":
+                up = Spatial2xTime2x3DUpsample(out_channels, config.upsample_interpolation)
+            else:
+                up = None
+            levels[level] = _Level(blocks, "upsample", up)
+            in_channels = out_channels
+        self.up = nn.ModuleList(levels)
+        self.norm_out = nn.GroupNorm(config.norm_groups, in_channels, eps=config.norm_eps)
+        self.conv_out = CausalConv3d(in_channels, config.in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, z, t, h, w)
+        batch = z.shape[0]
+        h = self.conv_in(z)  # (B, C, t, h, w)
+        h = self.mid(h)  # (B, C, t, h, w)
+        for level in reversed(self.up):
+            for block in level.block:
+                h = _run(block, h, batch)  # (.., Ci, .., H_i, W_i)
+            if level.resample() is not None:
+                h = _run(level.resample(), h, batch)  # (B, Ci, T_i', 2H_i, 2W_i)
+        if h.dim() == 4:
+            h = _to_video(h, batch)  # (B, C0, T, H, W)
+        h = _silu(self.norm_out(h))  # (B, C0, T, H, W)
+        return self.conv_out(h)  # (B, 3, T, H, W)
+
+
+class CausalVAE(nn.Module):
+    """Encoder, quant convs and decoder; `encode` -> DiagonalGaussian, `decode` -> video."""
+
+    def __init__(self, config: VAEModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        if config.use_quant_layer:
+            self.quant_conv = CausalConv3d(2 * config.z_channels, 2 * config.embed_dim, 1)
+            self.post_quant_conv = CausalConv3d(config.embed_dim, config.z_channels, 1)
+        else:
+            self.quant_conv = self.post_quant_conv = None
+
+    def encode_moments(self, video: torch.Tensor) -> torch.Tensor:
+        """Untiled encoder: (B, 3, T, H, W) -> moments (B, 2*embed_dim, t, h, w)."""
+        moments = self.encoder(video)  # (B, 2z, t, h, w)
+        return moments if self.quant_conv is None else self.quant_conv(moments)  # (B, 2e, t, h, w)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Untiled decoder: (B, embed_dim, t, h, w) -> video (B, 3, T, H, W)."""
+        if self.post_quant_conv is not None:
+            latents = self.post_quant_conv(latents)  # (B, z, t, h, w)
+        return self.decoder(latents)  # (B, 3, 1 + 4(t-1), 8h, 8w)
+
+    def encode(self, video: torch.Tensor) -> DiagonalGaussian:
+        """(B, 3, T, H, W) in [-1, 1] -> posterior over (B, embed_dim, t, h, w); tiled when configured."""
+        from components.vae import tiling
+
+        if tiling.needs_tiling_encode(self.config, video.shape):
+            return DiagonalGaussian(tiling.tiled_encode(self.encode_moments, video, self.config))
+        return DiagonalGaussian(self.encode_moments(video))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, embed_dim, t, h, w) -> video (B, 3, T, H, W), unclamped; tiled when configured."""
+        from components.vae import tiling
+
+        if tiling.needs_tiling_decode(self.config, latents.shape):
+            return tiling.tiled_decode(self.decode_latents, latents, self.config)
+        return self.decode_latents(latents)
+
+    def forward(self, video: torch.Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
+        posterior = self.encode(video)
+        latents = posterior.sample(generator) if sample else posterior.mode()  # (B, e, t, h, w)
+        return self.decode(latents), posterior  # (B, 3, T, H, W)
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

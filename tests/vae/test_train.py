@@ -1,0 +1,170 @@
+"""`train_vae`: artifacts, skip when finished, phase-2 EMA handoff with lineage, instability guard.
+
+The data loader is the stand-in of `tests/vae/standin.py` (deterministic synthetic clips with exact resume);
+the model is the tiny preset at half width on 9×32×32 clips, so a run takes seconds on a CPU.
+"""
+
+import io
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from components.core import checkpoints, manifest, tracking
+from components.vae import load_vae
+from components.vae.train import train_vae
+from components.vae.trainer_state import list_checkpoints, load_checkpoint
+from tests.vae.standin import patch_loader, write_fake_manifest
+
+FAST = ["model.hidden_size=8", "data.bucket=9x32x32", "train.discriminator.base_channels=4"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("T2V_HOME", str(tmp_path_factory.getbasetemp() / "t2v-home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("T2V_PARENT_RUN_ID", raising=False)
+    patch_loader()
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def phase1(tmp_path_factory):
+    import os
+
+    os.environ["T2V_HOME"] = str(tmp_path_factory.getbasetemp() / "t2v-home")
+    patch_loader()
+    root = tmp_path_factory.mktemp("phase1")
+    data = write_fake_manifest(root, "kinetics")
+    out = root / "out"
+    result = train_vae(1, str(data), str(out), overrides=FAST)
+    return data, out, result
+
+
+def test_phase1_writes_self_describing_artifact(phase1):
+    data, out, result = phase1
+    assert result["steps"] == 8 and not result["skipped"]
+    written = manifest.read_manifest(out)
+    assert written["stage"] == "vae-phase1" and written["inputs"]["data"]["uri"].endswith("manifest.json")
+    for name, entry in written["files"].items():
+        assert (out / name).is_file(), name
+        assert checkpoints.storage.sha256_file(out / name) == entry["sha256"]
+    assert {"model/config.json", "model/model.safetensors", "model_raw/model.safetensors",
+            "metrics.json", written["final_checkpoint"]} <= set(written["files"])
+    # The model folder is ours and loads through the model helper's loader; it holds the EMA weights.
+    vae = load_vae(out / "model")
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["model"]["scale_factor"] == 0.18215 and config["model"]["spatial_compression"] == 8
+    final = load_checkpoint(str(out / written["final_checkpoint"]))
+    assert final["step"] == 8
+    for name, value in vae.state_dict().items():
+        assert torch.equal(value, final["ema"]["shadow"].get(name, final["generator"][name])), name
+    assert not torch.equal(final["ema"]["shadow"]["decoder.conv_out.conv.weight"],
+                           final["generator"]["decoder.conv_out.conv.weight"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["bad_steps"] == 0
+    assert {"gen", "rec", "lpips", "kl", "disc", "d_weight"} <= set(metrics["final_losses"])
+
+
+def test_phase1_tracks_losses_samples_and_weights_in_mlflow(phase1):
+    _, _, result = phase1
+    run = tracking.get_run(result["mlflow_run_id"])
+    assert run["name"] == "vae-phase1" and run["status"] == "FINISHED"
+    assert {"train/gen", "train/rec", "train/lpips", "train/kl", "train/disc", "train/d_weight", "train/lr"} <= set(run["metrics"])
+    assert [step for step, _ in tracking.metric_history(run["run_id"], "train/rec")] == [2, 4, 6, 8]
+    samples = tracking.list_artifacts(run["run_id"], "samples")
+    assert any(p.endswith(".png") for p in samples) and any(p.endswith(".mp4") for p in samples)
+    assert "model/model.safetensors" in tracking.list_artifacts(run["run_id"], "model")
+
+
+def test_rerun_with_same_inputs_does_nothing(phase1):
+    data, out, result = phase1
+    before = (out / "manifest.json").read_bytes()
+    again = train_vae(1, str(data), str(out), overrides=FAST)
+    assert again["skipped"] and again["mlflow_run_id"] == result["mlflow_run_id"]
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_phase2_starts_from_phase1_ema_with_fresh_ema_and_optimizers(phase1, tmp_path):
+    _, phase1_out, phase1_result = phase1
+    data2 = write_fake_manifest(tmp_path, "hq")
+    out = tmp_path / "phase2"
+    result = train_vae(2, str(data2), str(out), init=str(phase1_out), overrides=FAST)
+    assert result["steps"] == 4
+    start = load_checkpoint(str(out / "checkpoints" / "step-0.pt"))
+    phase1_ema = load_file(phase1_out / "model" / "model.safetensors")
+    for name, value in phase1_ema.items():
+        assert torch.equal(start["generator"][name], value), name  # live weights := phase-1 EMA
+        if name in start["ema"]["shadow"]:
+            assert torch.equal(start["ema"]["shadow"][name], value)  # fresh EMA from those weights
+    assert start["gen_optimizer"]["state"] == {} and start["disc_optimizer"]["state"] == {}
+    phase1_final = load_checkpoint(str(phase1_out / manifest.read_manifest(phase1_out)["final_checkpoint"]))
+    for name, value in phase1_final["discriminator"].items():
+        assert torch.equal(start["discriminator"][name], value), name
+    # Lineage in the manifest, the MLflow tags and the registered model version.
+    sha = checkpoints.storage.sha256_file(phase1_out / "manifest.json")
+    written = manifest.read_manifest(out)
+    assert written["lineage"]["lineage.phase1_run_id"] == phase1_result["mlflow_run_id"]
+    assert written["lineage"]["lineage.phase1_manifest_sha256"] == sha
+    assert written["inputs"]["init"]["sha256"] == sha
+    tags = tracking.get_run(result["mlflow_run_id"])["tags"]
+    assert tags["lineage.phase1_run_id"] == phase1_result["mlflow_run_id"]
+    assert written["registered_model"]["name"] == "t2v-vae"
+
+
+def test_phase2_needs_a_phase1_output(phase1, tmp_path):
+    data, phase1_out, _ = phase1
+    with pytest.raises(ValueError, match="phase 2 starts from"):
+        train_vae(2, str(data), str(tmp_path / "x"), overrides=FAST)
+    with pytest.raises(ValueError, match="needs a finished phase-1 output"):
+        train_vae(2, str(data), str(tmp_path / "x"), init=str(phase1_out / "model"), overrides=FAST)
+    with pytest.raises(ValueError, match="must be 1 or 2"):
+        train_vae(3, str(data), str(tmp_path / "x"), overrides=FAST)
+
+
+def test_changed_config_in_a_used_folder_is_refused(phase1, tmp_path):
+    data, _, _ = phase1
+    out = tmp_path / "out"
+    train_vae(1, str(data), str(out), overrides=[*FAST, "train.phase1.steps=1"])
+    (out / "manifest.json").unlink()  # as if interrupted
+    with pytest.raises(ValueError, match="another configuration"):
+        train_vae(1, str(data), str(out), overrides=[*FAST, "train.phase1.steps=2"])
+
+
+def test_nan_batch_is_skipped_without_rollback(phase1, tmp_path):
+    data, _, _ = phase1
+    out = tmp_path / "out"
+    result = train_vae(1, str(data), str(out), overrides=[*FAST, "train.inject_nan_batches=[2]"])
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["bad_step"] and events[0]["batch"] == 2
+    assert "non-finite" in events[0]["reason"]
+    assert result["steps"] == 8 and result["metrics"]["bad_steps"] == 1 and result["metrics"]["rollbacks"] == 0
+    final = load_checkpoint(str(out / "checkpoints" / "step-8.pt"))
+    assert all(torch.isfinite(v).all() for v in final["generator"].values())
+    assert tracking.get_run(result["mlflow_run_id"])["metrics"]["guard/bad_steps"] == 1
+
+
+def test_consecutive_nan_batches_roll_back_and_skip_the_data(phase1, tmp_path):
+    data, _, _ = phase1
+    out = tmp_path / "out"
+    result = train_vae(1, str(data), str(out), overrides=[*FAST, "train.inject_nan_batches=[5,6,7]"])
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds == ["bad_step"] * 3 + ["rollback"] + ["skip_batch"] * 3
+    rollback = events[3]
+    assert rollback["to_step"] == 4 and rollback["skip_batches"] == [5, 6, 7]
+    assert result["steps"] == 8 and result["metrics"]["rollbacks"] == 1
+    assert result["metrics"]["skip_batches"] == [5, 6, 7]
+    final = load_checkpoint(str(out / "checkpoints" / "step-8.pt"))
+    assert final["skip_batches"] == [5, 6, 7] and all(torch.isfinite(v).all() for v in final["generator"].values())
+    run = tracking.get_run(result["mlflow_run_id"])
+    assert run["metrics"]["guard/rollbacks"] == 1 and run["tags"]["guard.rollbacks"] == "1"
+
+
+def test_checkpoint_is_weights_only_loadable(phase1):
+    _, out, _ = phase1
+    [(step, uri), *_] = list_checkpoints(out)[::-1]
+    state = torch.load(io.BytesIO(open(uri, "rb").read()), weights_only=True)
+    assert state["step"] == step
+    assert {"generator", "discriminator", "ema", "gen_optimizer", "disc_optimizer", "rng", "loader", "step"} <= set(state)
