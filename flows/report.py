@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 # Metrics worth a glance in the table; the full set is in each stage's MLflow run.
-KEY_METRICS = ("num_clips", "num_good", "num_kept", "num_shards", "num_samples", "psnr", "ssim", "lpips",
-               "loss", "final_loss", "val_loss")
+KEY_METRICS = ("num_clips", "num_good", "num_entries", "num_kept", "samples", "shards", "psnr_mean",
+               "final/steps", "train/rec", "train/lpips", "train/kl", "eval/psnr", "eval/ssim", "eval/lpips")
 
 
 def _metrics(metrics: dict[str, float]) -> str:

@@ -43,5 +43,41 @@ def synth(run_root: str, preset: str = "tiny", overrides: list[str] | None = Non
     return run_stage("synth", run_root, preset, overrides, parent_run_id, num=num, seed=seed, kind=kind)
 
 
+@flow(name="t2v-filter")
+def filter_clips(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
+                 parent_run_id: str | None = None, annotations: str | None = None) -> dict[str, Any]:
+    """Filter `annotations` (default: the synth stage's) into `run_root/filter` (kept.json, report)."""
+    return run_stage("filter", run_root, preset, overrides, parent_run_id, annotations=annotations)
+
+
+@flow(name="t2v-shard")
+def shard(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
+          parent_run_id: str | None = None) -> dict[str, Any]:
+    """Bucket the kept clips and write WebDataset shards into `run_root/shard`."""
+    return run_stage("shard", run_root, preset, overrides, parent_run_id)
+
+
+@flow(name="t2v-vae-phase1")
+def vae_phase1(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
+               parent_run_id: str | None = None) -> dict[str, Any]:
+    """VAE training phase 1 on the shards into `run_root/vae-phase1` (resumes from its checkpoints)."""
+    return run_stage("vae-phase1", run_root, preset, overrides, parent_run_id)
+
+
+@flow(name="t2v-vae-phase2")
+def vae_phase2(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
+               parent_run_id: str | None = None) -> dict[str, Any]:
+    """VAE training phase 2 from phase 1's EMA weights into `run_root/vae-phase2`; registers `t2v-vae`."""
+    return run_stage("vae-phase2", run_root, preset, overrides, parent_run_id)
+
+
+@flow(name="t2v-vae-eval")
+def vae_eval(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
+             parent_run_id: str | None = None) -> dict[str, Any]:
+    """Reconstruction metrics of the phase-2 VAE on the shards into `run_root/vae-eval`."""
+    return run_stage("vae-eval", run_root, preset, overrides, parent_run_id)
+
+
 # The flow of each stage, by stage name (the pipeline calls these in-process).
-STAGE_FLOWS = {"synth": synth}
+STAGE_FLOWS = {"synth": synth, "filter": filter_clips, "shard": shard, "vae-phase1": vae_phase1,
+               "vae-phase2": vae_phase2, "vae-eval": vae_eval}

@@ -51,9 +51,34 @@ def _filter(run_root: str, annotations: str | None = None) -> dict[str, Any]:
     return {"annotations": annotations or storage.join(stage_dir(run_root, "synth"), "annotations.json")}
 
 
+def _shard(run_root: str) -> dict[str, Any]:
+    return {"annotations": storage.join(stage_dir(run_root, "filter"), "kept.json")}
+
+
+def _vae_phase1(run_root: str) -> dict[str, Any]:
+    return {"data": stage_dir(run_root, "shard")}
+
+
+def _vae_phase2(run_root: str) -> dict[str, Any]:
+    # Phase 2 starts from phase 1's EMA weights (reference notes §1.10).
+    return {"data": stage_dir(run_root, "shard"), "init": stage_dir(run_root, "vae-phase1")}
+
+
+def _vae_eval(run_root: str) -> dict[str, Any]:
+    return {"vae": storage.join(stage_dir(run_root, "vae-phase2"), "model"), "data": stage_dir(run_root, "shard")}
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("synth", "data", "components.data.synth:synthesize", _synth, options=("num", "seed", "kind"),
           outputs=("annotations.json",)),
+    Stage("filter", "data", "components.data.filter:run_filter", _filter, options=("annotations",),
+          outputs=("kept.json", "report.md")),
+    Stage("shard", "data", "components.data.shard:shard", _shard, outputs=("index.json",)),
+    Stage("vae-phase1", "vae", "components.vae.train:train_vae", _vae_phase1, extra={"phase": 1},
+          outputs=("model/model.safetensors",)),
+    Stage("vae-phase2", "vae", "components.vae.train:train_vae", _vae_phase2, extra={"phase": 2},
+          outputs=("model/model.safetensors",)),
+    Stage("vae-eval", "vae", "components.vae.evaluate:evaluate_vae", _vae_eval, outputs=("metrics.json",)),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
