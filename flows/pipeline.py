@@ -49,6 +49,16 @@ def publish_report(run_root: str, markdown: str) -> None:
     create_markdown_artifact(markdown=markdown, key=REPORT_KEY, description="t2v-full stage table")
 
 
+@_io
+def tag_model_lineage(result: dict[str, Any], earlier: list[dict[str, Any]], parent_run_id: str) -> None:
+    """Complete the lineage of a model a stage registered (the stage tags what it knows itself)."""
+    registered = result["registered_model"]
+    tags = {"lineage.pipeline_run_id": parent_run_id, f"lineage.{result['stage']}_run_id": result["mlflow_run_id"],
+            **{f"lineage.{stage['stage']}_manifest_sha256": stage["manifest_sha256"] for stage in earlier},
+            **{f"lineage.{stage['stage']}_run_id": stage["mlflow_run_id"] for stage in earlier}}
+    tracking.set_model_version_tags(registered["name"], registered["version"], tags)
+
+
 def call_stage(stage: Stage, parameters: dict[str, Any], stage_deployment: str | None) -> dict[str, Any]:
     """Run one stage in-process (subflow) or as a flow run of its deployment; return its description."""
     if not stage_deployment:
@@ -110,6 +120,8 @@ def pipeline(
             parent.finish("FAILED")
             publish_report(run_root, report.markdown(run_root, results, parent_info, error=message))
             raise StageFailed(message) from exc
+        if result.get("registered_model") and result["status"] == "ran":
+            tag_model_lineage(result, results, parent.run_id)
         results.append(result)
         parent.set_tags({f"stage.{stage.name}.status": result["status"],
                          f"manifest.{stage.name}.sha256": result["manifest_sha256"]})

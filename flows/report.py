@@ -27,6 +27,8 @@ def markdown(run_root: str, results: list[dict[str, Any]], parent: dict[str, Any
         "",
         f"- run root: `{run_root}`",
         f"- MLflow parent run: {_link('`' + parent['run_id'] + '`', parent.get('url'))}",
+        *[f"- registered model: `{r['registered_model']['name']}` version {r['registered_model']['version']} "
+          f"(stage {r['stage']})" for r in results if r.get("registered_model")],
         "",
         "| stage | status | duration (s) | key metrics | artifacts | MLflow run |",
         "|---|---|---:|---|---|---|",

@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 
 import pytest
 
 from components.core import manifest, storage, tracking
 from flows.stages import chain
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import REPO, Stack
 from tests.servers import chromium
 
 pytestmark = pytest.mark.slow
 
-# Tiny data and few steps: the whole run takes tens of seconds on 2 cores.
-PARAMETERS = {"num": 12, "seed": 3, "overrides": []}
+# Tiny data and few steps (a checkpoint every 2 steps, so a kill at step 3 has one to resume from).
+VAE_OVERRIDES = ["vae.train.phase1.steps=4", "vae.train.phase2.steps=2", "vae.train.disc_start=2",
+                 "vae.train.checkpoint_every=2", "vae.train.sample_every=1000", "vae.eval.max_clips=2"]
+PARAMETERS = {"num": 12, "seed": 3, "overrides": VAE_OVERRIDES}
+FINAL_WEIGHTS = "vae-phase2/model/model.safetensors"
 STAGES = [stage.name for stage in chain()]
 
 
@@ -49,8 +53,9 @@ def test_every_stage_leaves_a_verified_manifest(first_run, stack_env):
         assert found is not None, f"no manifest for stage {name}"
         assert found["stage"] == name or name.startswith(found["stage"])
         for rel, entry in found["files"].items():
-            assert entry["uri"].startswith(f"{first_run}/{name}/"), rel
-            storage.read_bytes(entry["uri"], expected_sha256=entry["sha256"])  # raises on mismatch
+            uri = entry["uri"] if entry["uri"].startswith("s3://") else storage.join(first_run, name, entry["uri"])
+            assert uri.startswith(f"{first_run}/{name}/"), rel
+            storage.read_bytes(uri, expected_sha256=entry["sha256"])  # raises on mismatch
     report = storage.read_text(storage.join(first_run, "report.md"))
     assert "t2v-full: completed" in report
     for name in STAGES:
@@ -72,6 +77,21 @@ def test_mlflow_shows_the_run_as_one_tree(first_run, stack_env):
         assert json.loads(stage_manifest)["mlflow_run_id"] == child["run_id"]
         assert parent["tags"][f"manifest.{name}.sha256"] == storage.sha256_bytes(stage_manifest)
         assert parent["tags"][f"stage.{name}.status"] == "ran"
+
+
+def test_the_vae_is_registered_once_with_its_lineage(first_run, stack_env):
+    from mlflow.tracking import MlflowClient
+
+    (parent,) = _parent_runs(first_run)[:1]
+    runs = {child["name"]: child["run_id"] for child in tracking.child_runs(parent["run_id"])}
+    versions = MlflowClient(tracking.tracking_uri()).search_model_versions(f"run_id = '{runs['vae-phase2']}'")
+    assert [version.name for version in versions] == ["t2v-vae"]
+    tags = tracking.model_version("t2v-vae", versions[0].version)["tags"]
+    assert tags["lineage.phase1_run_id"] == runs["vae-phase1"]  # from the trainer
+    assert tags["lineage.pipeline_run_id"] == parent["run_id"]  # from the pipeline
+    assert tags["lineage.vae-phase2_run_id"] == runs["vae-phase2"]
+    for name in ("synth", "filter", "shard", "vae-phase1"):
+        assert tags[f"lineage.{name}_manifest_sha256"] == parent["tags"][f"manifest.{name}.sha256"]
 
 
 def test_prefect_report_artifact(first_run, stack_env):
@@ -101,6 +121,32 @@ def test_second_run_skips_every_stage(first_run, stack: Stack, stack_env):
     for name in STAGES:
         assert storage.read_bytes(storage.join(first_run, name, "manifest.json")) == before[name]
     assert "**skipped**" in storage.read_text(storage.join(first_run, "report.md"))
+
+
+def test_killed_during_vae_training_resumes_to_the_same_weights(first_run, stack: Stack, stack_env):
+    from components.vae.train import KILL_AT_STEP_ENV
+
+    run_root = f"{stack.bucket}/crashed"
+    # In-process run (`python -m flows run`) that dies by SIGKILL after VAE phase-1 step 3 (checkpoint at 2).
+    sets = [arg for override in VAE_OVERRIDES for arg in ("--set", override)]
+    killed = subprocess.run(
+        [sys.executable, "-m", "flows", "run", "--run-root", run_root, "--num", str(PARAMETERS["num"]),
+         "--seed", str(PARAMETERS["seed"]), *sets],
+        cwd=REPO, env={**stack.env, KILL_AT_STEP_ENV: "3"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-4000:]
+    assert manifest.read_manifest(f"{run_root}/vae-phase1") is None
+    assert storage.list_files(f"{run_root}/vae-phase1/checkpoints")
+
+    # Started again through the deployment, on the worker: earlier stages skip, phase 1 resumes.
+    proc = stack.run_deployment("t2v-full/local", {**PARAMETERS, "run_root": run_root})
+    assert proc.returncode == 0, f"resumed run failed:\n{proc.stdout[-6000:]}"
+    resumed = _parent_runs(run_root)[-1]
+    assert resumed["tags"]["stage.shard.status"] == "skipped"
+    assert resumed["tags"]["stage.vae-phase1.status"] == "ran"
+    assert storage.read_json(f"{run_root}/vae-phase1/metrics.json")["resumes"] == 1
+    expected = storage.read_json(f"{first_run}/vae-phase2/manifest.json")["files"]["model/model.safetensors"]
+    assert storage.sha256_bytes(storage.read_bytes(f"{run_root}/{FINAL_WEIGHTS}")) == expected["sha256"]
+    assert expected["sha256"] == storage.sha256_bytes(storage.read_bytes(f"{first_run}/{FINAL_WEIGHTS}"))
 
 
 def test_mlflow_ui_lists_the_pipeline_runs(first_run, stack_env):
