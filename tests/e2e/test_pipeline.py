@@ -1,7 +1,9 @@
 """The tiny pipeline end to end, the way it runs in production: deployments from prefect.yaml on a
 real Prefect server, run by a process worker; MLflow server for tracking; S3 (moto) as artifact store.
 
-One pipeline run is shared by the assertions; a second run must skip every stage."""
+One pipeline run is shared by the assertions; a second run must skip every stage; a third, killed
+during VAE training, resumes with each stage in a flow run (process) of its own and must end with the
+same VAE weights as the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ def _parent_runs(run_root: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def first_run(stack: Stack) -> str:
-    """The pipeline, each stage as its own flow run (deployment t2v-<stage>/local) on the process pool."""
+    """The pipeline as one flow run of deployment t2v-full/local on the process pool."""
     run_root = f"{stack.bucket}/full"
-    proc = stack.run_deployment("t2v-full/local-split", {**PARAMETERS, "run_root": run_root})
+    proc = stack.run_deployment("t2v-full/local", {**PARAMETERS, "run_root": run_root})
     assert proc.returncode == 0, f"pipeline failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     return run_root
 
@@ -67,7 +69,7 @@ def test_mlflow_shows_the_run_as_one_tree(first_run, stack_env):
     assert parent["name"] == "t2v-full" and parent["status"] == "FINISHED"
     assert parent["params"]["preset"] == "tiny"
     assert json.loads(parent["params"]["overrides"]) == PARAMETERS["overrides"]
-    assert parent["params"]["stage_deployment"] == "local"
+    assert parent["params"]["stage_deployment"] == "None"
     children = tracking.child_runs(parent["run_id"])
     assert [child["name"] for child in children] == STAGES
     for name, child in zip(STAGES, children, strict=True):
@@ -109,7 +111,6 @@ def test_prefect_report_artifact(first_run, stack_env):
 
 def test_second_run_skips_every_stage(first_run, stack: Stack, stack_env):
     before = {name: storage.read_bytes(storage.join(first_run, name, "manifest.json")) for name in STAGES}
-    # This time the whole pipeline runs in one flow run (deployment t2v-full/local).
     proc = stack.run_deployment("t2v-full/local", {**PARAMETERS, "run_root": first_run})
     assert proc.returncode == 0, f"second run failed:\n{proc.stdout[-6000:]}"
     parents = _parent_runs(first_run)
@@ -137,12 +138,15 @@ def test_killed_during_vae_training_resumes_to_the_same_weights(first_run, stack
     assert manifest.read_manifest(f"{run_root}/vae-phase1") is None
     assert storage.list_files(f"{run_root}/vae-phase1/checkpoints")
 
-    # Started again through the deployment, on the worker: earlier stages skip, phase 1 resumes.
-    proc = stack.run_deployment("t2v-full/local", {**PARAMETERS, "run_root": run_root})
+    # Started again on the worker, each stage a flow run of its own deployment (t2v-<stage>/local):
+    # the data stages skip, phase 1 resumes from its checkpoint (and its interrupted MLflow run).
+    proc = stack.run_deployment("t2v-full/local-split", {**PARAMETERS, "run_root": run_root})
     assert proc.returncode == 0, f"resumed run failed:\n{proc.stdout[-6000:]}"
-    resumed = _parent_runs(run_root)[-1]
-    assert resumed["tags"]["stage.shard.status"] == "skipped"
-    assert resumed["tags"]["stage.vae-phase1.status"] == "ran"
+    crashed, resumed = _parent_runs(run_root)
+    assert [resumed["tags"][f"stage.{name}.status"] for name in STAGES] == ["skipped"] * 3 + ["ran"] * 3
+    # Stages in other processes still nest under this pipeline run; resumed phase 1 keeps its first run.
+    assert [child["name"] for child in tracking.child_runs(resumed["run_id"])] == ["vae-phase2", "vae-eval"]
+    assert [child["name"] for child in tracking.child_runs(crashed["run_id"])] == STAGES[:4]
     assert storage.read_json(f"{run_root}/vae-phase1/metrics.json")["resumes"] == 1
     expected = storage.read_json(f"{first_run}/vae-phase2/manifest.json")["files"]["model/model.safetensors"]
     assert storage.sha256_bytes(storage.read_bytes(f"{run_root}/{FINAL_WEIGHTS}")) == expected["sha256"]
