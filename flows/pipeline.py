@@ -79,7 +79,7 @@ def pipeline(
     run_root: str | None = None,
     preset: str = "tiny",
     overrides: list[str] | None = None,
-    num: int = 16,
+    num: int = 24,
     seed: int = 0,
     kind: str = "shapes",
     annotations: str | None = None,

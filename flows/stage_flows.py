@@ -38,7 +38,7 @@ def run_stage(name: str, run_root: str, preset: str, overrides: list[str] | None
 
 @flow(name="t2v-synth")
 def synth(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
-          parent_run_id: str | None = None, num: int = 16, seed: int = 0, kind: str = "shapes") -> dict[str, Any]:
+          parent_run_id: str | None = None, num: int = 24, seed: int = 0, kind: str = "shapes") -> dict[str, Any]:
     """Synthetic captioned clips into `run_root/synth`."""
     return run_stage("synth", run_root, preset, overrides, parent_run_id, num=num, seed=seed, kind=kind)
 

@@ -42,7 +42,7 @@ def stage_dir(run_root: str, name: str) -> str:
     return storage.join(run_root, name)
 
 
-def _synth(run_root: str, num: int = 16, seed: int = 0, kind: str = "shapes") -> dict[str, Any]:
+def _synth(run_root: str, num: int = 24, seed: int = 0, kind: str = "shapes") -> dict[str, Any]:
     return {"num": num, "seed": seed, "kind": kind}
 
 
