@@ -15,7 +15,7 @@ BIN="$REPO/.venv/bin"
 DEMO="$REPO/.t2v/demo"
 PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
-POOL=t2v-local
+POOL=t2v-process
 
 for tool in python prefect mlflow; do
   [ -x "$BIN/$tool" ] || { echo "demo: $BIN/$tool is missing: run 'make demo' (it creates .venv)" >&2; exit 1; }

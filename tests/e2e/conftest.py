@@ -1,5 +1,5 @@
 """The production stack on loopback for end-to-end tests: a Prefect server with a process worker on
-pool `t2v-local` and the deployments of prefect.yaml, an MLflow server, and S3 (moto) as the
+pool `t2v-process` and the deployments of prefect.yaml, an MLflow server, and S3 (moto) as the
 artifact store. Started once per test module; the worker stops before the servers."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from tests.servers import BIN, S3_CREDENTIALS
 
 REPO = Path(__file__).resolve().parents[2]
-POOL = "t2v-local"
+POOL = "t2v-process"
 
 
 @dataclass
