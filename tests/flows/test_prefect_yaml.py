@@ -50,3 +50,13 @@ def test_code_folder_is_the_deploy_folder_or_t2v_code_dir(tmp_path):
                                      text=True, check=True).stdout.strip()
     assert run({**env, "PWD": str(tmp_path)}) == str(tmp_path)
     assert run({**env, "T2V_CODE_DIR": "/app"}) == "/app"
+
+
+def test_docker_deployments_mirror_the_local_ones():
+    docker = yaml.safe_load((REPO / "prefect.docker.yaml").read_text())
+    local = {(d["entrypoint"], d["name"]) for d in CONFIG["deployments"] if d["name"] == "local"}
+    assert {(d["entrypoint"], d["name"]) for d in docker["deployments"]} == {(e, "docker") for e, _ in local}
+    (full,) = [d for d in docker["deployments"] if d["entrypoint"].endswith(":pipeline")]
+    assert full["parameters"]["stage_deployment"] == "docker"
+    assert {d["work_pool"]["name"] for d in docker["deployments"]} == {"t2v-docker"}
+    assert docker["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/app"
