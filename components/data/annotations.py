@@ -105,6 +105,8 @@ def load_annotations(uri: str | Path) -> list[dict[str, Any]]:
 def annotations_root(uri: str | Path) -> str:
     """The folder that relative `path`s are relative to: the annotations file's folder."""
     text = str(uri).rstrip("/")
+    if text.startswith("file://"):
+        text = text[len("file://"):]
     head = text.rsplit("/", 1)[0] if "/" in text else "."
     if storage.is_s3(text):
         return head

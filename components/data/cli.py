@@ -52,10 +52,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.command == "verify":
         from components.data.verify import verify
 
-        result: dict = {}
-        code = run_command(lambda manifest: result.update(verify(manifest)) or result, manifest=args.manifest)
-        if code == 0 and not result["ok"]:
-            print(f"error: {len(result['problems'])} problem(s): " + "; ".join(result["problems"]), file=sys.stderr)
+        outcome: dict = {}
+
+        def check(manifest: str) -> dict:
+            outcome.update(verify(manifest))
+            return outcome
+
+        code = run_command(check, manifest=args.manifest)
+        if code == 0 and not outcome["ok"]:  # exit 1 and name every bad shard on stderr
+            print(f"error: {len(outcome['problems'])} problem(s): " + "; ".join(outcome["problems"]), file=sys.stderr)
             return 1
         return code
 

@@ -62,7 +62,7 @@ class MotionConfig(StrictModel):
     min: float = Field(0.005, ge=0)  # below: static
     max: float = Field(1.0, gt=0)  # above: shaky or too fast
     stride_seconds: float = Field(0.25, gt=0)  # time between the frames of a flow pair
-    work_size: int = Field(64, ge=16)  # long side of the grey copies for flow, flicker and cut detection
+    work_size: int = Field(64, ge=16)  # long side of the grey copies for flicker and cuts (flow at half of it)
     max_flicker: float = Field(0.1, gt=0)  # median relative brightness jump between consecutive frames
     max_cut: float = Field(0.3, gt=0, le=1)  # largest histogram (Bhattacharyya) jump between consecutive frames
 
@@ -95,7 +95,7 @@ class ShardConfig(StrictModel):
 
     train_fps: float = Field(24.0, gt=0)  # every video is resampled to this rate (reference notes §5.2)
     frames: list[int] = [1, 9, 17]  # 1 (images) or 4k+1, the causal VAE's frame rule (reference notes §1.5)
-    resolutions: list[tuple[int, int]] = [(64, 64), (48, 80), (80, 48)]  # (height, width), multiples of 16
+    resolutions: list[tuple[int, int]] = [(64, 64), (48, 64), (64, 48), (48, 80), (80, 48)]  # (height, width), multiples of 16
     max_upscale: float = Field(1.0, ge=1.0)  # largest resize factor allowed when the crop is smaller than the bucket
     max_aspect_error: float = Field(1.25, ge=1.0)  # a clip's h/w may differ from its bucket's by this factor at most
     crf: int = Field(12, ge=0, le=51)  # libx264 constant rate factor for the one re-encode
@@ -144,6 +144,7 @@ class LoaderConfig(StrictModel):
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes per rank
     shuffle_shards: int = Field(8, ge=1)  # samples are shuffled within groups of this many shards
     remainder: Literal["carry", "drop"] = "carry"  # a bucket's last partial global batch: next epoch first, or left out
+    shrink_small_buckets: bool = True  # a bucket smaller than one global batch gets a smaller batch, not starved
 
 
 class DataConfig(StrictModel):

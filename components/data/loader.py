@@ -90,7 +90,10 @@ class BucketLoader:
             if not _selected(bucket, self.config):
                 continue
             sizes = np.array([s["samples"] for s in entry["shards"]], np.int64)
-            layouts.append(BucketLayout(bucket.name, sizes, int(sum(shard_sizes)), batch_size_for(bucket, self.config)))
+            batch_size = batch_size_for(bucket, self.config)
+            if self.config.shrink_small_buckets and bucket.name not in self.config.batch_size_overrides:
+                batch_size = max(1, min(batch_size, int(sizes.sum()) // self.world_size))
+            layouts.append(BucketLayout(bucket.name, sizes, int(sum(shard_sizes)), batch_size))
             self.bucket_shapes.append(bucket)
             self.shard_uris += [resolve(self.manifest_uri, s["uri"]) for s in entry["shards"]]
             shard_sizes += sizes.tolist()
@@ -214,8 +217,11 @@ class _StepStream(IterableDataset):
             videos.append(frames)
             captions.append(self._caption(meta["captions"], sample["__key__"]))
             keys.append(sample["__key__"])
-        video = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W) uint8
-        return {"video": video.float().div_(127.5).sub_(1.0), "caption": captions, "key": keys,
+        video = torch.empty(len(videos), 3, bucket.frames, bucket.height, bucket.width)  # (B, C, T, H, W)
+        for row, frames in zip(video, videos, strict=True):
+            row.copy_(torch.from_numpy(frames).permute(3, 0, 1, 2))  # (T, H, W, C) uint8 -> (C, T, H, W) float
+        video.mul_(2.0 / 255.0).sub_(1.0)  # contiguous, in place: [0, 255] -> [-1, 1]
+        return {"video": video, "caption": captions, "key": keys,
                 "bucket": (bucket.frames, bucket.height, bucket.width), "epoch": self.plan.epoch, "step": step}
 
     def _caption(self, captions: list[str], key: str) -> str:

@@ -38,7 +38,6 @@ def decode_video(data: bytes, indices: np.ndarray | None = None) -> np.ndarray:
     frames: list[np.ndarray] = []
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
         for number, frame in enumerate(container.decode(stream)):
             if last is not None and number > last:
                 break

@@ -16,6 +16,8 @@ Engineering differences to the reference, at equal outputs (§9.16):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,18 +25,64 @@ from torch import nn
 from components.vae.config import VAEModelConfig
 from components.vae.posterior import DiagonalGaussian
 
-# Without autograd, a causal conv over more than this many output frames is computed in chunks of
-# frames, writing into one preallocated output: this bounds the memory of the padded input copy and of
-# oneDNN's layout reorders to one chunk.
-CONV_CHUNK_FRAMES = 8
+# Without autograd, convolutions run over chunks of frames of at most this many input bytes, writing
+# into one preallocated output: the normalised input copy and oneDNN's layout reorders then cost one
+# chunk of memory, not a whole activation. Small clips run in one chunk (no overhead).
+CHUNK_BYTES = 256 * 2**20
+
+
+def _chunk_length(x: torch.Tensor, dim: int, length: int) -> int:
+    """Frames per chunk: as few equal chunks as keep each under CHUNK_BYTES (at least one frame)."""
+    frame_bytes = x.numel() // max(x.shape[dim], 1) * x.element_size()
+    chunks = -(-length * frame_bytes // CHUNK_BYTES)  # ceil
+    return -(-length // max(chunks, 1))
+
+Transform = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
 def _no_grad() -> bool:
     return not torch.is_grad_enabled()
 
 
-def _silu(x: torch.Tensor) -> torch.Tensor:
-    return F.silu(x, inplace=_no_grad())
+def _norm_silu_transform(norm: nn.GroupNorm, x: torch.Tensor, per_frame: bool) -> Transform:
+    """GroupNorm + swish as a chunk transform, with statistics taken once over the whole of `x`.
+
+    `x` is (B, C, T, H, W) for 3D blocks (statistics over C/G x T x H x W, as the reference's 5-D
+    GroupNorm) or (B*T, C, H, W) for 2D blocks (statistics per frame; the chunk's frame range picks them).
+    """
+    count, channels, groups = x.shape[0], x.shape[1], norm.num_groups
+    var, mean = torch.var_mean(x.reshape(count, groups, -1), dim=2, correction=0)  # (N, G) each
+    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(channels // groups, dim=1)  # (N, C)
+    scale = rstd * norm.weight  # (N, C)
+    shift = norm.bias - mean.repeat_interleave(channels // groups, dim=1) * scale  # (N, C)
+    shape = (count, channels) + (1,) * (x.dim() - 2)
+    scale, shift = scale.view(shape), shift.view(shape)
+
+    def transform(piece: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        piece_scale, piece_shift = (scale[start:stop], shift[start:stop]) if per_frame else (scale, shift)
+        return F.silu(torch.addcmul(piece_shift, piece, piece_scale), inplace=True)  # fresh tensor
+
+    return transform
+
+
+def _map_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int,
+                out: torch.Tensor | None = None, transform: Transform | None = None) -> torch.Tensor:
+    """`fn` applied to chunks of slices of `x` along `dim` (a frame-local fn: output frame i
+    depends on input frame i only), written into a new tensor or added into `out`."""
+    length, accumulate = x.shape[dim], out is not None
+    step = _chunk_length(x, dim, length)
+    for start in range(0, length, step):
+        stop = min(start + step, length)
+        piece = x.narrow(dim, start, stop - start)
+        result = fn(piece if transform is None else transform(piece, start, stop))
+        if out is None:
+            out = result.new_empty(result.shape[:dim] + (length,) + result.shape[dim + 1:])
+        target = out.narrow(dim, start, stop - start)
+        if accumulate:
+            target.add_(result)
+        else:
+            target.copy_(result)
+    return out
 
 
 def _to_frames(video: torch.Tensor) -> torch.Tensor:
@@ -79,37 +127,77 @@ class CausalConv3d(nn.Module):
         self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=(0, *spatial_padding))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, T, H, W)
+        if _no_grad():
+            return self.stream(x)
         front = self.kernel_frames - 1
-        frames = x.shape[2]
-        out_frames = (frames - 1) // self.stride_frames + 1
-        if _no_grad() and out_frames > CONV_CHUNK_FRAMES:
-            return self._chunked(x, out_frames)
         if front:
             x = torch.cat([x[:, :, :1].expand(-1, -1, front, -1, -1), x], dim=2)  # (B, Cin, T + kt - 1, H, W)
         return self.conv(x)  # (B, Cout, T_out, H', W')
 
-    def _chunked(self, x: torch.Tensor, out_frames: int) -> torch.Tensor:
-        """Same result as `forward`, computed CONV_CHUNK_FRAMES output frames at a time."""
-        front, stride = self.kernel_frames - 1, self.stride_frames
-        out = None
-        for start in range(0, out_frames, CONV_CHUNK_FRAMES):
-            stop = min(start + CONV_CHUNK_FRAMES, out_frames)
+    def stream(self, x: torch.Tensor, transform: Transform | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """Same result as `forward`, computed over chunks of output frames (no autograd).
+
+        `transform(piece, start, stop)` maps each input slice before padding (e.g. GroupNorm + swish);
+        with `out`, results are added into it (residual connections) instead of a new tensor.
+        """
+        front, stride, frames = self.kernel_frames - 1, self.stride_frames, x.shape[2]
+        accumulate = out is not None
+        out_frames = (frames - 1) // stride + 1
+        step = _chunk_length(x, 2, out_frames * stride)  // stride
+        for start in range(0, out_frames, max(step, 1)):
+            stop = min(start + max(step, 1), out_frames)
             # Output frame o reads padded frames [o*s, o*s + kt); padded frame p is input frame p - front.
             first, last = start * stride - front, (stop - 1) * stride - front + self.kernel_frames
-            piece = x[:, :, max(first, 0):last]  # (B, Cin, <=span, H, W)
-            if first < 0:
-                piece = torch.cat([x[:, :, :1].expand(-1, -1, -first, -1, -1), piece], dim=2)
-            result = self.conv(piece)  # (B, Cout, stop - start, H', W')
-            if out is None:
-                out = result.new_empty((*result.shape[:2], out_frames, *result.shape[3:]))
-            out[:, :, start:stop] = result
+            piece = x[:, :, max(first, 0):last]  # (B, Cin, <= span, H, W)
+            if transform is not None:
+                piece = transform(piece, max(first, 0), last)
+            for offset, result in self._conv_piece(piece, first):  # (B, Cout, n, H', W') at start + offset
+                if out is None:
+                    out = result.new_empty((*result.shape[:2], out_frames, *result.shape[3:]))
+                target = out[:, :, start + offset: start + offset + result.shape[2]]
+                if accumulate:
+                    target += result
+                else:
+                    target.copy_(result)
         return out  # (B, Cout, T_out, H', W')
+
+    def _conv_piece(self, piece: torch.Tensor, first: int):
+        """Yield (output offset, conv output) for a chunk whose padded input starts at frame `first`.
+
+        In the first chunk (first < 0) the replicated copies of frame 0 are folded into the kernel
+        instead of being materialised: output frame o < front sees frame 0 through the summed taps
+        0..front-o, so it is a conv with o + 1 taps; that is 3 fewer frame-taps per 3x3x3 conv than
+        convolving the padded input (same result up to float rounding).
+        """
+        front = self.kernel_frames - 1
+        if first >= 0:
+            yield 0, self.conv(piece)
+            return
+        if self.stride_frames != 1:
+            replicated = piece[:, :, :1].expand(-1, -1, -first, -1, -1)
+            yield 0, self.conv(torch.cat([replicated, piece], dim=2))
+            return
+        weight = self.conv.weight  # (Cout, Cin, kt, kh, kw)
+        for frame in range(min(front, piece.shape[2])):
+            folded = torch.cat([weight[:, :, :front - frame + 1].sum(2, keepdim=True),
+                                weight[:, :, front - frame + 1:]], dim=2)  # (Cout, Cin, frame + 1, kh, kw)
+            yield frame, F.conv3d(piece[:, :, :frame + 1], folded, self.conv.bias, 1, self.conv.padding)
+        if piece.shape[2] > front:
+            yield front, self.conv(piece)  # valid frames front.. need no padding
 
 
 class Conv2d(nn.Conv2d):
     """A 2D convolution applied to every frame (frame layout)."""
 
     per_frame = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B*T, Cin, H, W)
+        return self.stream(x) if _no_grad() else super().forward(x)  # (B*T, Cout, H, W)
+
+    def stream(self, x: torch.Tensor, transform: Transform | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        return _map_chunks(super().forward, x, 0, out, transform)
 
 
 class ResnetBlock(nn.Module):
@@ -127,7 +215,7 @@ class ResnetBlock(nn.Module):
                 return CausalConv3d(cin, cout, k, padding=k // 2)
         else:
             def conv(cin: int, cout: int, k: int) -> nn.Module:
-                return nn.Conv2d(cin, cout, k, padding=k // 2)
+                return Conv2d(cin, cout, k, padding=k // 2)
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = conv(in_channels, out_channels, 3)
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
@@ -136,10 +224,19 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = conv(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, T, H, W) or (B*T, Cin, H, W)
-        h = self.conv1(_silu(self.norm1(x)))  # (..., Cout, ...)
-        h = self.conv2(self.dropout(_silu(self.norm2(h))))  # (..., Cout, ...)
-        shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)  # (..., Cout, ...)
-        return h.add_(shortcut) if _no_grad() else h + shortcut
+        if _no_grad() and not (self.training and self.dropout.p > 0):
+            return self._stream(x)
+        h = self.conv1(F.silu(self.norm1(x)))  # (..., Cout, ...)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # (..., Cout, ...)
+        return h + (x if self.nin_shortcut is None else self.nin_shortcut(x))  # (..., Cout, ...)
+
+    def _stream(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: normalisation fused into chunked convs; the residual is accumulated in place, so
+        at most x, h and the output are alive (the output is x itself when channels do not change)."""
+        h = self.conv1.stream(x, _norm_silu_transform(self.norm1, x, self.per_frame))  # (..., Cout, ...)
+        out = x if self.nin_shortcut is None else self.nin_shortcut.stream(x)  # (..., Cout, ...)
+        del x
+        return self.conv2.stream(h, _norm_silu_transform(self.norm2, h, self.per_frame), out=out)
 
 
 class AttnBlock3DFix(nn.Module):
@@ -181,6 +278,8 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B*T, C, H, W)
+        if _no_grad():
+            return _map_chunks(lambda piece: self.conv(F.pad(piece, (0, 1, 0, 1))), x, 0)  # (B*T, C, H/2, W/2)
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # (B*T, C, H/2, W/2)
 
 
@@ -194,6 +293,8 @@ class Spatial2xTime2x3DDownsample(nn.Module):
         self.conv = CausalConv3d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        if _no_grad():
+            return self.conv.stream(x, lambda piece, start, stop: F.pad(piece, (0, 1, 0, 1)))
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # (B, C, (T-1)//2+1, H/2, W/2)
 
 
@@ -207,8 +308,13 @@ class SpatialUpsample2x(nn.Module):
         self.conv = CausalConv3d(channels, channels, (1, 3, 3), padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        if _no_grad():  # frame-local (kernel 1 in time): upsample and convolve chunk by chunk
+            return _map_chunks(self._upsample_conv, x, 2)  # (B, C, T, 2H, 2W)
+        return self._upsample_conv(x)  # (B, C, T, 2H, 2W)
+
+    def _upsample_conv(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
         x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, C, T, 2H, 2W)
-        return self.conv(x)  # (B, C, T, 2H, 2W)
+        return self.conv.conv(x)  # (B, C, T, 2H, 2W), kernel (1, 3, 3): no causal padding needed
 
 
 class Spatial2xTime2x3DUpsample(nn.Module):
@@ -301,8 +407,9 @@ class Encoder(nn.Module):
         if h.dim() == 4:
             h = _to_video(h, batch)  # (B, C, t, h, w)
         h = self.mid(h)  # (B, C, t, h, w)
-        h = _silu(self.norm_out(h))  # (B, C, t, h, w)
-        return self.conv_out(h)  # (B, 2z, t, h, w)
+        if _no_grad():
+            return self.conv_out.stream(h, _norm_silu_transform(self.norm_out, h, per_frame=False))  # (B, 2z, t, h, w)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 2z, t, h, w)
 
 
 class Decoder(nn.Module):
@@ -344,8 +451,9 @@ class Decoder(nn.Module):
                 h = _run(level.resample(), h, batch)  # (B, Ci, T_i', 2H_i, 2W_i)
         if h.dim() == 4:
             h = _to_video(h, batch)  # (B, C0, T, H, W)
-        h = _silu(self.norm_out(h))  # (B, C0, T, H, W)
-        return self.conv_out(h)  # (B, 3, T, H, W)
+        if _no_grad():
+            return self.conv_out.stream(h, _norm_silu_transform(self.norm_out, h, per_frame=False))  # (B, 3, T, H, W)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, T, H, W)
 
 
 class CausalVAE(nn.Module):

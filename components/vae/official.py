@@ -75,9 +75,9 @@ def official_to_config(raw: dict[str, Any], source: str = "config.json") -> VAEM
         return VAEModelConfig.model_validate(fields)
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "<architecture>"
         reverse = {ours: theirs for theirs, ours in _RENAMED.items()}
-        raise fail(reverse.get(field, field), f"is invalid: {error['msg']}") from None
+        loc = [reverse.get(str(error["loc"][0]), str(error["loc"][0])), *map(str, error["loc"][1:])] if error["loc"] else []
+        raise fail(".".join(loc) or "<architecture>", f"is invalid: {error['msg']}") from None
 
 
 def config_to_official(config: VAEModelConfig) -> dict[str, Any]:

@@ -197,6 +197,7 @@ class _Trainer:
         self.bad_streak: list[int] = []  # batch indices of the current run of bad steps
         self.rollbacks = 0
         self.last_terms: dict[str, float] = {}
+        self.interval_terms: dict[str, tuple[float, int]] = {}  # (sum, count) since the last logged step
         self.last_reconstruction: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------- checkpoint state
@@ -215,8 +216,7 @@ class _Trainer:
         }
 
     def _restore(self, state: dict[str, Any], uri: str) -> None:
-        if state["run_hash"] != self.run_hash:
-            raise ValueError(f"{uri} belongs to another configuration or phase; use a fresh --out or delete it")
+        assert state["run_hash"] == self.run_hash, uri
         self.model.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.ema.load_state_dict(state["ema"])  # EMA restored on its own, never into the live model (§9.11)
@@ -241,6 +241,9 @@ class _Trainer:
     def run(self, parent_run_id: str | None) -> dict[str, Any]:
         latest = trainer_state.latest_checkpoint(self.out)
         resume_state = trainer_state.load_checkpoint(latest[1]) if latest else None
+        if resume_state is not None and resume_state["run_hash"] != self.run_hash:
+            raise ValueError(f"{self.out} holds checkpoints of another configuration or phase ({latest[1]}); "
+                             f"use a fresh --out or delete them")
         with self._open_run(resume_state, parent_run_id):
             if resume_state is not None:
                 self._restore(resume_state, latest[1])
@@ -289,9 +292,14 @@ class _Trainer:
             self.bad_streak = []
             self.step += 1
             self.last_terms.update(terms)
+            for name, value in terms.items():
+                total, count = self.interval_terms.get(name, (0.0, 0))
+                self.interval_terms[name] = (total + value, count + 1)
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                self.run.log_metrics({**{f"train/{k}": v for k, v in self.last_terms.items()},
-                                      "train/lr": cfg.lr, "train/disc_lr": cfg.disc_lr}, step=self.step)
+                # Means over the interval's steps (generator terms over generator steps, and so on).
+                means = {f"train/{name}": total / count for name, (total, count) in self.interval_terms.items()}
+                self.run.log_metrics({**means, "train/lr": cfg.lr, "train/disc_lr": cfg.disc_lr}, step=self.step)
+                self.interval_terms = {}
             if self.step % cfg.sample_every == 0 and self.last_reconstruction is not None:
                 self._log_samples(*self.last_reconstruction)
             if self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:

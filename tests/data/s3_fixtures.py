@@ -20,8 +20,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    """AWS_* pointed at a fresh moto server; yields a bucket name that exists."""
+def shard_s3_bucket():
+    """AWS_* pointed at a fresh moto server; yields a bucket name that exists.
+
+    (Named apart from tests/data/conftest.py's `s3_endpoint`, which a conftest fixture would shadow.)
+    """
     moto_server = Path(sys.executable).parent / "moto_server"
     port = _free_port()
     process = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(port)],

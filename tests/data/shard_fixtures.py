@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.data.clips import many_specs, write_dataset
+
+TEST_PRESET = str(Path(__file__).with_name("shard_preset.yaml"))
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +19,7 @@ def tracking_home(tmp_path_factory):
         patch.setenv("T2V_HOME", str(tmp_path_factory.mktemp("t2v_home")))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("T2V_PARENT_RUN_ID", raising=False)
-        yield
+        yield Path(os.environ["T2V_HOME"])
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +33,7 @@ def mixed_shards(tracking_home, mixed_clips, tmp_path_factory):
     from components.data.shard import shard
 
     out = tmp_path_factory.mktemp("mixed_shards")
-    return out, shard(mixed_clips, out, preset="tiny")
+    return out, shard(mixed_clips, out, preset=TEST_PRESET)
 
 
 @pytest.fixture(scope="session")
@@ -38,5 +43,5 @@ def many_shards(tracking_home, tmp_path_factory):
 
     annotations = write_dataset(tmp_path_factory.mktemp("many_clips"), many_specs(48, seed=1))
     out = tmp_path_factory.mktemp("many_shards")
-    result = shard(annotations, out, preset="tiny", overrides=["shard.shard_max_samples=3"])
+    result = shard(annotations, out, preset=TEST_PRESET, overrides=["shard.shard_max_samples=3"])
     return out, result, annotations

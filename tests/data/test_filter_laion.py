@@ -74,3 +74,15 @@ def test_filter_stage_with_the_laion_scorer(tiny_laion, synth_shapes: Path, tmp_
     assert summary["num_kept"] == len(kept) >= 20
     scores = [e["aesthetic"] for e in kept]
     assert len(set(scores)) > 1 and all(np.isfinite(scores))
+
+
+def test_misconfigured_laion_fails_before_any_work(tiny_laion, synth_shapes: Path, tmp_path: Path) -> None:
+    from components.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="laion.clip_model"):
+        run_filter(str(synth_shapes / "annotations.json"), str(tmp_path / "a"), overrides=["filter.aesthetic.scorer=laion"])
+    overrides = ["filter.aesthetic.scorer=laion", f"filter.aesthetic.laion.clip_model={tiny_laion[0]}",
+                 f"filter.aesthetic.laion.head_weights={tmp_path / 'nope.pth'}"]
+    with pytest.raises(ValueError, match="head_weights"):
+        run_filter(str(synth_shapes / "annotations.json"), str(tmp_path / "b"), overrides=overrides)
+    assert not (tmp_path / "b").exists()

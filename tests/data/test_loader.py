@@ -120,3 +120,15 @@ def test_bucket_filter_and_bad_names(many_shards):
         BucketLoader(out, CONFIG.model_copy(update={"batch_size_overrides": {"5x8x8": 1}}))
     with pytest.raises(ValueError, match="outside world size"):
         BucketLoader(out, CONFIG, rank=2, world_size=2)
+
+
+def test_small_buckets_get_smaller_batches_not_starved(many_shards):
+    out, _, _ = many_shards
+    big = CONFIG.model_copy(update={"max_batch_size": 8, "batch_tokens": 10_000})
+    shrunk = BucketLoader(out, big, rank=0, world_size=2)
+    starved = BucketLoader(out, big.model_copy(update={"shrink_small_buckets": False}), rank=0, world_size=2)
+    samples = {layout.name: layout.num_samples for layout in shrunk.schedule.buckets}
+    for name, size in shrunk.batch_sizes.items():
+        assert size == max(1, min(8, samples[name] // 2))
+    assert {int(b) for b in shrunk.plan().step_bucket} == set(range(len(samples)))  # every bucket is served
+    assert len(set(starved.plan().step_bucket.tolist())) < len(samples)

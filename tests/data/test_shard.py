@@ -25,6 +25,7 @@ from components.data.buckets import (
 from components.data.shard import shard, source_uri
 from components.data.shard_manifest import read_shard_manifest
 from components.data.verify import verify
+from tests.data.shard_fixtures import TEST_PRESET  # noqa: E402
 
 pytest_plugins = ["tests.data.shard_fixtures"]  # fixtures: tracking home, synthetic clips, shards
 
@@ -80,7 +81,7 @@ def test_assign_bucket_reasons_and_upscale_limit():
 # --------------------------------------------------------------------------- the stage
 
 
-def test_shard_buckets_samples_and_report(mixed_shards, mixed_clips):
+def test_shard_buckets_samples_and_report(mixed_shards, mixed_clips, tracking_home, monkeypatch):
     out, result = mixed_shards
     manifest = read_shard_manifest(out)  # validates against schemas/manifest.schema.json
     assert result["samples"] == manifest["num_samples"] == 11 and manifest["num_unfit"] == 3
@@ -107,6 +108,7 @@ def test_shard_buckets_samples_and_report(mixed_shards, mixed_clips):
     assert min(meta["psnr"] for meta in samples.values()) >= 40.0
     assert report["psnr"]["all"]["min"] >= 40.0
 
+    monkeypatch.setenv("T2V_HOME", str(tracking_home))  # where the session fixture's run was logged
     run = tracking.get_run(manifest["mlflow_run_id"])
     assert run["status"] == "FINISHED" and run["metrics"]["samples"] == 11 and run["metrics"]["unfit"] == 3
     assert run["metrics"]["psnr_min"] >= 40.0 and run["metrics"]["bucket_samples/9x48x80"] == 3
@@ -115,11 +117,11 @@ def test_shard_buckets_samples_and_report(mixed_shards, mixed_clips):
 def test_rerun_does_nothing(mixed_shards, mixed_clips):
     out, _ = mixed_shards
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    again = shard(mixed_clips, out, preset="tiny")
+    again = shard(mixed_clips, out, preset=TEST_PRESET)
     assert again["skipped"] is True and again["samples"] == 11
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cli = subprocess.run([sys.executable, "-m", "components.data", "shard", "--annotations", str(mixed_clips),
-                          "--out", str(out), "--preset", "tiny"], cwd=REPO, env=env, capture_output=True, text=True,
+                          "--out", str(out), "--preset", TEST_PRESET], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["skipped"] is True
@@ -136,7 +138,7 @@ def test_source_uri_resolution():
 def test_shards_are_byte_identical_across_runs(tracking_home, mixed_shards, mixed_clips, tmp_path):
     """A shard is a function of its inputs, whatever the number of encoder threads."""
     out, _ = mixed_shards
-    other = shard(mixed_clips, tmp_path / "again", preset="tiny", overrides=["shard.workers=0"])
+    other = shard(mixed_clips, tmp_path / "again", preset=TEST_PRESET, overrides=["shard.workers=0"])
     first, second = read_shard_manifest(out), read_shard_manifest(other["manifest"])
     assert [b["shards"] for b in first["buckets"]] == [b["shards"] for b in second["buckets"]]
     assert (out / "index.json").read_bytes() == (tmp_path / "again" / "index.json").read_bytes()
@@ -146,7 +148,7 @@ def test_bad_annotations_name_entry_and_field(tracking_home, tmp_path):
     annotations = tmp_path / "a.json"
     annotations.write_text(json.dumps([{"path": "x.mp4", "cap": "c", "resolution": {"height": 8, "width": 8}}]))
     with pytest.raises(ValueError, match=r"a\.json entry 0: video without field 'fps'"):
-        shard(annotations, tmp_path / "out")
+        shard(annotations, tmp_path / "out", preset=TEST_PRESET)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -183,14 +185,14 @@ def slow_upload(*args):
     time.sleep(60)  # the test kills us here, after the first shard is complete
     return entry
 stage._upload = slow_upload
-stage.shard(sys.argv[1], sys.argv[2], overrides=["shard.shard_max_samples=1", "shard.upload_workers=1"])
+stage.shard(sys.argv[1], sys.argv[2], sys.argv[3], overrides=["shard.shard_max_samples=1", "shard.upload_workers=1"])
 """
 
 
 def test_killed_writer_leaves_no_manifest(tracking_home, mixed_clips, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-c", _SLOW_SHARD, str(mixed_clips), str(out)], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_SHARD, str(mixed_clips), str(out), TEST_PRESET], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -205,4 +207,4 @@ def test_killed_writer_leaves_no_manifest(tracking_home, mixed_clips, tmp_path):
     with pytest.raises(FileNotFoundError):
         verify(out)
     # A new run finishes the job.
-    assert shard(mixed_clips, out)["samples"] == 11 and verify(out)["ok"]
+    assert shard(mixed_clips, out, preset=TEST_PRESET)["samples"] == 11 and verify(out)["ok"]

@@ -9,22 +9,23 @@ from components.core import storage
 from components.data.loader import BucketLoader, LoaderConfig
 from components.data.shard import shard
 from components.data.verify import verify
+from tests.data.shard_fixtures import TEST_PRESET  # noqa: E402
 
 pytest_plugins = ["tests.data.shard_fixtures", "tests.data.s3_fixtures"]  # fixtures
 
 
-def test_s3_shard_verify_and_stream(tracking_home, mixed_clips, s3_endpoint, monkeypatch):
-    root = f"s3://{s3_endpoint}/raw"
+def test_s3_shard_verify_and_stream(tracking_home, mixed_clips, shard_s3_bucket, monkeypatch):
+    root = f"s3://{shard_s3_bucket}/raw"
     for path in sorted(Path(mixed_clips).parent.rglob("*")):
         if path.is_file():
             storage.put_file(path, storage.join(root, str(path.relative_to(Path(mixed_clips).parent))))
-    out = f"s3://{s3_endpoint}/shards/run1"
-    result = shard(f"{root}/annotations.json", out, preset="tiny", overrides=["shard.shard_max_samples=2"])
+    out = f"s3://{shard_s3_bucket}/shards/run1"
+    result = shard(f"{root}/annotations.json", out, preset=TEST_PRESET, overrides=["shard.shard_max_samples=2"])
     assert result["samples"] == 11 and result["psnr"]["min"] >= 40.0
     names = storage.list_files(out)
     assert f"{out}/manifest.json" in names and sum(n.endswith(".tar") for n in names) >= 8
     assert verify(f"{out}/manifest.json")["ok"]
-    assert shard(f"{root}/annotations.json", out, preset="tiny", overrides=["shard.shard_max_samples=2"])["skipped"]
+    assert shard(f"{root}/annotations.json", out, preset=TEST_PRESET, overrides=["shard.shard_max_samples=2"])["skipped"]
 
     # Shards are streamed through storage.open_stream (boto3), never downloaded whole first.
     opened = []

@@ -44,10 +44,14 @@ def open_standin(data_manifest, config, seed):
     return StandInLoader(data_manifest, config.data.bucket, config.data.batch_size, seed)
 
 
-def patch_loader() -> None:
+def patch_loader(monkeypatch=None) -> None:
+    """Use the stand-in in `components.vae.train` (undone with `monkeypatch`; for good in a subprocess)."""
     import components.vae.train as train
 
-    train._open_loader = open_standin
+    if monkeypatch is None:
+        train._open_loader = open_standin
+    else:
+        monkeypatch.setattr(train, "_open_loader", open_standin)
 
 
 def write_fake_manifest(folder: Path, name: str = "shards") -> Path:

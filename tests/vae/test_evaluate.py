@@ -105,6 +105,13 @@ def test_eval_cli(vae_folder, clips, tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["clips"] == 2 and (out / "manifest.json").is_file()
-    bad = subprocess.run([*command[:-4], "--set", "eval.num_frames=8"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert bad.returncode == 2 and "eval.num_frames" in bad.stderr and "4k+1" in bad.stderr
+
+
+
+def test_eval_cli_reports_config_errors_by_key(vae_folder, clips, tmp_path, capsys):
+    from components.vae.cli import main
+
+    code = main(["eval", "--vae", str(vae_folder), "--data", str(clips), "--out", str(tmp_path / "x"),
+                 "--set", "eval.num_frames=8"])
+    assert code == 2 and "eval.num_frames" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -25,20 +25,24 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("T2V_HOME", str(tmp_path_factory.getbasetemp() / "t2v-home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("T2V_PARENT_RUN_ID", raising=False)
-    patch_loader()
+    patch_loader(monkeypatch)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def phase1(tmp_path_factory):
-    import os
-
-    os.environ["T2V_HOME"] = str(tmp_path_factory.getbasetemp() / "t2v-home")
-    patch_loader()
-    root = tmp_path_factory.mktemp("phase1")
-    data = write_fake_manifest(root, "kinetics")
-    out = root / "out"
-    result = train_vae(1, str(data), str(out), overrides=FAST)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("T2V_HOME", str(tmp_path_factory.getbasetemp() / "t2v-home"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("T2V_PARENT_RUN_ID", raising=False)
+        patch_loader(patch)
+        root = tmp_path_factory.mktemp("phase1")
+        data = write_fake_manifest(root, "kinetics")
+        out = root / "out"
+        result = train_vae(1, str(data), str(out), overrides=FAST)
     return data, out, result
 
 
@@ -127,9 +131,11 @@ def test_changed_config_in_a_used_folder_is_refused(phase1, tmp_path):
     data, _, _ = phase1
     out = tmp_path / "out"
     train_vae(1, str(data), str(out), overrides=[*FAST, "train.phase1.steps=1"])
+    first = manifest.read_manifest(out)["mlflow_run_id"]
     (out / "manifest.json").unlink()  # as if interrupted
     with pytest.raises(ValueError, match="another configuration"):
         train_vae(1, str(data), str(out), overrides=[*FAST, "train.phase1.steps=2"])
+    assert tracking.get_run(first)["status"] == "FINISHED"  # the earlier run is left alone
 
 
 def test_nan_batch_is_skipped_without_rollback(phase1, tmp_path):

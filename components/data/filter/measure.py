@@ -23,7 +23,8 @@ def measurement_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _scorer(aesthetic: dict[str, Any]):
+def scorer(aesthetic: dict[str, Any]):
+    """The aesthetic scorer for these settings, built once per process."""
     from components.data.config import AestheticConfig
     from components.data.filter.aesthetic import build_scorer
 
@@ -35,7 +36,7 @@ def _scorer(aesthetic: dict[str, Any]):
 
 def _measure_local(path: str, settings: dict[str, Any]) -> dict[str, Any]:
     scan = scan_video(path, ScanSettings(**settings["scan"]))
-    aesthetic = _scorer(settings["aesthetic"])(scan.samples)
+    aesthetic = scorer(settings["aesthetic"])(scan.samples)
     return {
         "num_frames": scan.num_frames, "fps": round(scan.fps, 6), "duration": round(scan.duration, 6),
         "resolution": {"height": scan.height, "width": scan.width},
@@ -44,27 +45,58 @@ def _measure_local(path: str, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _read_cache(cache_uri: str) -> dict[str, Any] | None:
+    local = storage.local_dir(cache_uri)
+    if local is None:
+        return storage.read_json(cache_uri) if storage.exists(cache_uri) else None
+    try:
+        return json.loads(local.read_text())
+    except (OSError, json.JSONDecodeError):  # absent, or cut short by a crash: measure again
+        return None
+
+
+def _write_cache(cache_uri: str, result: dict[str, Any]) -> None:
+    local = storage.local_dir(cache_uri)
+    if local is None:
+        storage.write_json(cache_uri, result)
+        return
+    # A cache entry is not an artifact: atomic (temp file + rename) but without storage's fsync, which
+    # costs more than measuring a small clip. An entry lost in a power cut is only measured again.
+    partial = local.with_name(f".{local.name}.tmp-{os.getpid()}")
+    try:
+        partial.write_text(json.dumps(result, sort_keys=True))
+    except FileNotFoundError:  # first entry: create the folder (once, not per video)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(result, sort_keys=True))
+    os.replace(partial, local)
+
+
+def _measure_file(local: str, uri: str, settings: dict[str, Any], cache_dir: str) -> dict[str, Any]:
+    sha = storage.sha256_file(local)
+    cache_uri = storage.join(cache_dir, f"{sha}-{measurement_key(settings)}.json")
+    cached = _read_cache(cache_uri)
+    if cached is not None:
+        return {**cached, "cached": True}
+    try:
+        result = {"sha256": sha, "measured": _measure_local(local, settings)}
+    except ProbeRejection as rejection:
+        result = {"sha256": sha, "reason": rejection.reason, "message": str(rejection).replace(local, uri)}
+    _write_cache(cache_uri, result)
+    return {**result, "cached": False}
+
+
 def measure_video(uri: str, settings: dict[str, Any], cache_dir: str) -> dict[str, Any]:
     """`{"sha256", "measured", "cached"}` or `{"sha256", "reason", "message", "cached"}`; never raises for bad input."""
-    with tempfile.TemporaryDirectory(prefix="t2v-filter-") as tmp:
-        if storage.is_s3(uri):
-            if not storage.exists(uri):
-                return {"sha256": None, "reason": "missing_file", "message": f"no object at {uri}", "cached": False}
-            local = str(storage.get_file(uri, os.path.join(tmp, "video")))
-        else:
-            local = uri
-            if not os.path.isfile(local):
-                return {"sha256": None, "reason": "missing_file", "message": f"no file at {uri}", "cached": False}
-        sha = storage.sha256_file(local)
-        cache_uri = storage.join(cache_dir, f"{sha}-{measurement_key(settings)}.json")
-        if storage.exists(cache_uri):
-            return {**storage.read_json(cache_uri), "cached": True}
-        try:
-            result = {"sha256": sha, "measured": _measure_local(local, settings)}
-        except ProbeRejection as rejection:
-            result = {"sha256": sha, "reason": rejection.reason, "message": str(rejection).replace(local, uri)}
-        storage.write_json(cache_uri, result)
-    return {**result, "cached": False}
+    missing = {"sha256": None, "reason": "missing_file", "cached": False}
+    if not storage.is_s3(uri):
+        if not os.path.isfile(uri):
+            return {**missing, "message": f"no file at {uri}"}
+        return _measure_file(uri, uri, settings, cache_dir)
+    if not storage.exists(uri):
+        return {**missing, "message": f"no object at {uri}"}
+    with tempfile.TemporaryDirectory(prefix="t2v-filter-") as tmp:  # probe a local copy, then drop it
+        local = str(storage.get_file(uri, os.path.join(tmp, "video")))
+        return _measure_file(local, uri, settings, cache_dir)
 
 
 def measure_job(job: tuple[int, str, dict[str, Any], str]) -> tuple[int, dict[str, Any]]:

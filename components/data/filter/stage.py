@@ -33,6 +33,7 @@ from components.core.config import config_hash
 from components.data.annotations import annotations_root, caption_text, contained_path
 from components.data.config import FilterConfig, load_data_config
 from components.data.filter.measure import measure_job, measurement_key
+from components.data.filter.measure import scorer as measure_scorer
 from components.data.filter.report import build_report, write_histograms, write_markdown
 
 log = logging.getLogger(__name__)
@@ -141,10 +142,10 @@ def run_filter(
     storage.delete(storage.join(out, manifest.MANIFEST_FILE))  # never look finished while rewriting
 
     settings = measurement_settings(config)
-    if config.aesthetic.scorer == "laion":  # fail on missing weights here, once, not in every worker
-        from components.data.filter.aesthetic import build_scorer
-
-        build_scorer(config.aesthetic)
+    if config.aesthetic.scorer == "laion":
+        # Fail on missing weights here, once, not as one `error` per video; the in-process path
+        # (workers=1, the sensible choice for a large model on one device) reuses this instance.
+        measure_scorer(settings["aesthetic"])
     root = annotations_root(annotations)
     cache_dir = storage.join(out, "cache")
     workers = config.workers or os.cpu_count() or 1

@@ -1,0 +1,115 @@
+"""Filter speed vs pure decoding (the decode-bound limit) on synthetic clips at two resolutions.
+
+    python bench/filter_speed.py [--num 24] [--repeats 5]
+
+For each set, per-video wall time of
+(a) decoding every frame with cv2.VideoCapture and nothing else,
+(b) the filter's single decoding pass (`scan_video`: probe, motion, flicker, cut, frame samples),
+(c) the filter's whole per-video work (`measure_video`: (b) plus sha256, aesthetic score, cache write;
+    fresh cache),
+all sequential in this process, interleaved, best of `--repeats`, in CPU time of this process
+(`time.process_time`; OpenCV limited to one thread): on a shared machine wall time swings by 2x between
+identical runs, CPU time much less. Then the whole stage (`run_filter`: worker pool, MLflow, reports) for videos per
+second. Goal: (c) <= 1.5 x (a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+
+from components.data.config import load_data_config  # noqa: E402
+from components.data.filter import run_filter  # noqa: E402
+from components.data.filter.measure import measure_video  # noqa: E402
+from components.data.filter.scan import ScanSettings, scan_video  # noqa: E402
+from components.data.filter.stage import measurement_settings  # noqa: E402
+from components.data.synth import synthesize  # noqa: E402
+
+SETS = {"64-160 px": ["synth.min_side=64", "synth.max_side=160"],
+        "480-720 px": ["synth.min_side=480", "synth.max_side=720"]}
+
+
+def decode_all(path: str) -> int:
+    capture = cv2.VideoCapture(path)
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    return frames
+
+
+def best_of_interleaved(repeats: int, fns: dict) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.process_time()
+            fn()
+            times[name].append(time.process_time() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def time_set(paths: list[str], settings: dict, repeats: int) -> dict[str, float]:
+    scan_settings = ScanSettings(**settings["scan"])
+
+    def filter_once() -> None:
+        with tempfile.TemporaryDirectory() as cache:
+            for path in paths:
+                assert "measured" in measure_video(path, settings, cache)
+
+    return best_of_interleaved(repeats, {
+        "decode": lambda: [decode_all(p) for p in paths],
+        "scan": lambda: [scan_video(p, scan_settings) for p in paths],
+        "filter": filter_once,
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    cv2.setNumThreads(1)  # one core per video, as in the worker pool
+    settings = measurement_settings(load_data_config("tiny").filter)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="t2v-bench-") as tmp:
+        os.environ["T2V_HOME"] = str(Path(tmp) / "home")
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        for name, overrides in SETS.items():
+            folder = Path(tmp) / name.replace(" ", "")
+            synthesize(str(folder), args.num, seed=0, overrides=[*overrides, "synth.bad_fraction=0"])
+            entries = json.loads((folder / "annotations.json").read_text())
+            paths = [str(folder / e["path"]) for e in entries]
+            best = time_set(paths, settings, args.repeats)
+            start = time.perf_counter()
+            run_filter(str(folder / "annotations.json"), str(Path(tmp) / f"out-{folder.name}"))
+            stage_s = time.perf_counter() - start
+            results[name] = {
+                "videos": len(paths), "frames": sum(e["num_frames"] for e in entries),
+                **{f"{k}_ms_per_video": 1000 * v / len(paths) for k, v in best.items()},
+                "scan_over_decode": best["scan"] / best["decode"],
+                "filter_over_decode": best["filter"] / best["decode"],
+                "decode_videos_per_s": len(paths) / best["decode"],
+                "filter_videos_per_s_1proc": len(paths) / best["filter"],
+                "stage_videos_per_s": len(paths) / stage_s,
+                "stage_seconds": stage_s,
+            }
+    print(f"{'set':<12}{'videos':>7}{'frames':>8}{'decode ms/v':>13}{'scan ms/v':>11}{'filter ms/v':>13}"
+          f"{'scan/dec':>10}{'filter/dec':>12}{'stage v/s':>11}")
+    for name, r in results.items():
+        print(f"{name:<12}{r['videos']:>7}{r['frames']:>8}{r['decode_ms_per_video']:>13.2f}{r['scan_ms_per_video']:>11.2f}"
+              f"{r['filter_ms_per_video']:>13.2f}{r['scan_over_decode']:>10.2f}{r['filter_over_decode']:>12.2f}"
+              f"{r['stage_videos_per_s']:>11.1f}")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
