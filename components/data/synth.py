@@ -102,7 +102,7 @@ def _shape_scene(rng: np.random.Generator, height: int, width: int, fps: int, co
     }
 
 
-def _photo_scene(rng: np.random.Generator, config: SynthConfig) -> dict[str, Any]:
+def _photo_scene(rng: np.random.Generator) -> dict[str, Any]:
     return {"photo": str(rng.choice(list(PHOTOS))), "move": str(rng.choice(CAMERA_MOVES)),
             "speed": str(rng.choice(("slow", "quick"))), "window": float(rng.uniform(0.55, 0.7))}
 
@@ -123,9 +123,9 @@ def plan_clip(index: int, seed: int, kind: str, config: SynthConfig, defect: str
     num_frames = int(rng.integers(config.min_frames, config.max_frames + 1))
     if defect == "too_short":
         num_frames = config.short_frames
-    scene = _shape_scene(rng, height, width, fps, config) if kind == "shapes" else _photo_scene(rng, config)
+    scene = _shape_scene(rng, height, width, fps, config) if kind == "shapes" else _photo_scene(rng)
     if defect == "scene_cut":  # the second half shows another scene; the caption describes the first
-        second = _shape_scene(rng, height, width, fps, config) if kind == "shapes" else _photo_scene(rng, config)
+        second = _shape_scene(rng, height, width, fps, config) if kind == "shapes" else _photo_scene(rng)
         if kind == "shapes":  # make the cut unmistakable: another background as well
             second["background"] = next(b for b in BACKGROUNDS if b != scene["background"])
         else:

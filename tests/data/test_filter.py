@@ -189,6 +189,7 @@ def test_cli_filter_and_failure_exit_code(synth_shapes: Path, tmp_path: Path) ->
     result = subprocess.run([*command, "--out", str(tmp_path / "o")], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["num_entries"] == 30
-    failing = subprocess.run([*command, "--out", str(tmp_path / "p"), "--set", "filter.aesthetic.min_score=11"],
+    missing = subprocess.run([sys.executable, "-m", "components.data", "filter", "--annotations",
+                              str(tmp_path / "nope.json"), "--out", str(tmp_path / "p")],
                              cwd=REPO, env=env, capture_output=True, text=True)
-    assert failing.returncode == 2 and "kept none of the 30 videos" in failing.stderr
+    assert missing.returncode == 2 and "nope.json does not exist" in missing.stderr

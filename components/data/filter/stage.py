@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -100,19 +101,46 @@ def _check_entry(index: int, entry: Any, root: str, seen: dict[str, int]) -> tup
     return uri, "", ""
 
 
-def _measure_all(jobs: list[tuple[int, str, dict, str]], workers: int) -> dict[int, dict[str, Any]]:
+def _spawn_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: workers may hold torch (laion scorer), which does not survive a fork well.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+
+
+def _measure_alone(job: tuple, job_fn: Callable) -> dict[str, Any]:
+    try:
+        with _spawn_pool(1) as pool:
+            return pool.submit(job_fn, job).result()[1]
+    except BrokenProcessPool:
+        return {"sha256": None, "reason": "error", "cached": False,
+                "message": f"{job[1]}: the worker process died while measuring this video (decoder crash?)"}
+
+
+def measure_all(jobs: list[tuple[int, str, dict, str]], workers: int,
+                job_fn: Callable = measure_job) -> dict[int, dict[str, Any]]:
+    """`{index: result}` for every job, in worker processes when `workers` > 1.
+
+    A worker that dies (a decoder crashing on some file) breaks the whole pool, and which video killed it
+    is unknown: every unfinished video is then measured alone in a fresh one-worker pool, so the culprit
+    is rejected (`error`) and the others are measured. Slow, but only after a crash."""
     results: dict[int, dict[str, Any]] = {}
     progress = tqdm(total=len(jobs), desc="filter", unit="video", disable=None)
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            index, result = measure_job(job)
+            index, result = job_fn(job)
             results[index] = result
             progress.update()
     else:
-        # spawn, not fork: workers may hold torch (laion scorer), which does not survive a fork well.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for index, result in pool.map(measure_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
-                results[index] = result
+        try:
+            with _spawn_pool(workers) as pool:
+                for future in as_completed([pool.submit(job_fn, job) for job in jobs]):
+                    index, result = future.result()
+                    results[index] = result
+                    progress.update()
+        except BrokenProcessPool:
+            unfinished = [job for job in jobs if job[0] not in results]
+            log.warning("filter: a worker process died; measuring %d unfinished videos one by one", len(unfinished))
+            for job in unfinished:
+                results[job[0]] = _measure_alone(job, job_fn)
                 progress.update()
     progress.close()
     return results
@@ -162,7 +190,7 @@ def run_filter(
                 rejected.append({"index": index, "entry": entry, "reason": reason, "message": message})
             else:
                 jobs.append((index, uri, settings, cache_dir))
-        results = _measure_all(jobs, min(workers, max(1, len(jobs))))
+        results = measure_all(jobs, min(workers, max(1, len(jobs))))
         elapsed = time.perf_counter() - started
 
         kept, kept_by_sha, measured_rows = [], {}, []
