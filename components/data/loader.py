@@ -195,7 +195,12 @@ class _StepStream(IterableDataset):
         for step, ids in zip(steps, needs, strict=True):
             for sample_id in ids.tolist():
                 while sample_id not in buffer:
-                    self._read_shard(next(shard_order), wanted_set, buffer)
+                    shard = next(shard_order, None)
+                    if shard is None:
+                        owner = int(np.searchsorted(self.shard_offsets, sample_id, side="right") - 1)
+                        raise ValueError(f"shard {self.shard_uris[owner]} lacks sample {sample_id - self.shard_offsets[owner]} "
+                                         "that the manifest promises (check it with `t2v data verify`)")
+                    self._read_shard(shard, wanted_set, buffer)
             yield step, self._collate(step, [buffer.pop(i) for i in ids.tolist()])
 
     def _read_shard(self, shard: int, wanted: set[int], buffer: dict[int, dict[str, Any]]) -> None:

@@ -138,7 +138,10 @@ def sample_key(source_sha256: str, bucket: Bucket) -> str:
 
 def encode_clip(task: ClipTask, cfg: ShardConfig) -> dict[str, Any]:
     """Decode, cut, crop-resize and encode one clip. Returns the sample, or {"unfit": reason}."""
-    data = storage.read_bytes(task.source)
+    try:
+        data = storage.read_bytes(task.source)
+    except storage.StorageError as exc:  # listed in the report with the reason, like any clip that cannot be used
+        return {"unfit": f"unreadable source: {exc}"}
     source_sha = storage.sha256_bytes(data)
     bucket = task.bucket
     try:

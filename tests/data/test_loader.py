@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -132,3 +134,19 @@ def test_small_buckets_get_smaller_batches_not_starved(many_shards):
         assert size == max(1, min(8, samples[name] // 2))
     assert {int(b) for b in shrunk.plan().step_bucket} == set(range(len(samples)))  # every bucket is served
     assert len(set(starved.plan().step_bucket.tolist())) < len(samples)
+
+
+def test_truncated_shard_is_named(many_shards, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(many_shards[0], out)
+    loader = BucketLoader(out, CONFIG, rank=0, world_size=1)
+    victim = Path(loader.shard_uris[0])
+    with tarfile.open(victim) as tar:  # keep only the first sample of the shard
+        members = tar.getmembers()[:2]
+        blobs = [tar.extractfile(m).read() for m in members]
+    with tarfile.open(victim, "w") as tar:
+        for member, blob in zip(members, blobs, strict=True):
+            tar.addfile(member, io.BytesIO(blob))
+    with pytest.raises(ValueError, match=victim.name):
+        for _ in loader:
+            pass

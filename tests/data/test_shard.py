@@ -25,7 +25,8 @@ from components.data.buckets import (
 from components.data.shard import shard, source_uri
 from components.data.shard_manifest import read_shard_manifest
 from components.data.verify import verify
-from tests.data.shard_fixtures import TEST_PRESET  # noqa: E402
+
+TEST_PRESET = str(Path(__file__).with_name("shard_preset.yaml"))  # the shard tests' own buckets
 
 pytest_plugins = ["tests.data.shard_fixtures"]  # fixtures: tracking home, synthetic clips, shards
 
@@ -142,6 +143,31 @@ def test_shards_are_byte_identical_across_runs(tracking_home, mixed_shards, mixe
     first, second = read_shard_manifest(out), read_shard_manifest(other["manifest"])
     assert [b["shards"] for b in first["buckets"]] == [b["shards"] for b in second["buckets"]]
     assert (out / "index.json").read_bytes() == (tmp_path / "again" / "index.json").read_bytes()
+
+
+def test_changed_config_replaces_the_output(tracking_home, mixed_clips, tmp_path):
+    out = tmp_path / "out"
+    first = shard(mixed_clips, out, preset=TEST_PRESET, overrides=["shard.frames=[1, 9]"])
+    second = shard(mixed_clips, out, preset=TEST_PRESET)
+    assert not second["skipped"] and "17x64x64" in second["buckets"] and "17x64x64" not in first["buckets"]
+    manifest = read_shard_manifest(out)
+    named = {s["uri"] for b in manifest["buckets"] for s in b["shards"]}
+    on_disk = {f"shards/{p.name}" for p in (out / "shards").glob("*.tar")}
+    assert on_disk == named  # nothing stale from the first configuration
+
+
+def test_missing_and_broken_sources_are_reported(tracking_home, mixed_clips, tmp_path):
+    records = json.loads(mixed_clips.read_text())[:2]
+    records.append(records[0] | {"path": "videos/missing.mp4"})
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    records.append(records[1] | {"path": str(broken)})
+    annotations = tmp_path / "kept.json"
+    annotations.write_text(json.dumps([r | {"video_root": str(mixed_clips.parent)} for r in records]))
+    result = shard(annotations, tmp_path / "out", preset=TEST_PRESET)
+    assert result["samples"] == 2 and result["unfit"] == 2
+    reasons = {u["path"]: u["reason"] for u in json.loads((tmp_path / "out" / "report.json").read_text())["unfit"]}
+    assert "unreadable source" in reasons["videos/missing.mp4"] and "cannot read" in reasons[str(broken)]
 
 
 def test_bad_annotations_name_entry_and_field(tracking_home, tmp_path):
