@@ -10,8 +10,10 @@ Engineering differences to the reference, at equal outputs (§9.16):
   2D modules, instead of a rearrange around every operator;
 - the encoder keeps no list of intermediates;
 - the mid attention runs through `scaled_dot_product_attention`, all frames batched;
-- without autograd, activations and residual adds run in place and causal 3D convolutions run in
-  temporal chunks, so the peak memory is a few activations, not a dozen.
+- without autograd (inference), GroupNorm + swish are fused into convolutions that run over chunks of
+  frames into one preallocated output, residuals are added in place, and the causal front padding is
+  folded into the kernel instead of copied: a res-block keeps at most its input, one intermediate and
+  its output alive. With autograd the plain formulation runs (training), with the same results.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from components.vae.posterior import DiagonalGaussian
 # Without autograd, convolutions run over chunks of frames of at most this many input bytes, writing
 # into one preallocated output: the normalised input copy and oneDNN's layout reorders then cost one
 # chunk of memory, not a whole activation. Small clips run in one chunk (no overhead).
-CHUNK_BYTES = 256 * 2**20
+CHUNK_BYTES = 64 * 2**20
 
 
 def _chunk_length(x: torch.Tensor, dim: int, length: int) -> int:
@@ -36,6 +38,7 @@ def _chunk_length(x: torch.Tensor, dim: int, length: int) -> int:
     frame_bytes = x.numel() // max(x.shape[dim], 1) * x.element_size()
     chunks = -(-length * frame_bytes // CHUNK_BYTES)  # ceil
     return -(-length // max(chunks, 1))
+
 
 Transform = Callable[[torch.Tensor, int, int], torch.Tensor]
 
@@ -135,14 +138,14 @@ class CausalConv3d(nn.Module):
         return self.conv(x)  # (B, Cout, T_out, H', W')
 
     def stream(self, x: torch.Tensor, transform: Transform | None = None,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+               out: torch.Tensor | None = None, accumulate: bool = True) -> torch.Tensor:
         """Same result as `forward`, computed over chunks of output frames (no autograd).
 
         `transform(piece, start, stop)` maps each input slice before padding (e.g. GroupNorm + swish);
-        with `out`, results are added into it (residual connections) instead of a new tensor.
+        with `out`, results are added into it (residual connections), or written when not `accumulate`.
         """
         front, stride, frames = self.kernel_frames - 1, self.stride_frames, x.shape[2]
-        accumulate = out is not None
+        accumulate = out is not None and accumulate
         out_frames = (frames - 1) // stride + 1
         step = _chunk_length(x, 2, out_frames * stride)  // stride
         for start in range(0, out_frames, max(step, 1)):
@@ -167,8 +170,8 @@ class CausalConv3d(nn.Module):
 
         In the first chunk (first < 0) the replicated copies of frame 0 are folded into the kernel
         instead of being materialised: output frame o < front sees frame 0 through the summed taps
-        0..front-o, so it is a conv with o + 1 taps; that is 3 fewer frame-taps per 3x3x3 conv than
-        convolving the padded input (same result up to float rounding).
+        0..front-o, so it needs o + 1 taps; that is 3 fewer frame-taps per 3x3x3 conv than convolving
+        the padded input (same result up to float rounding; ~8% faster at T=9).
         """
         front = self.kernel_frames - 1
         if first >= 0:
@@ -179,10 +182,15 @@ class CausalConv3d(nn.Module):
             yield 0, self.conv(torch.cat([replicated, piece], dim=2))
             return
         weight = self.conv.weight  # (Cout, Cin, kt, kh, kw)
+        batch, channels, _, height, width = piece.shape
         for frame in range(min(front, piece.shape[2])):
-            folded = torch.cat([weight[:, :, :front - frame + 1].sum(2, keepdim=True),
-                                weight[:, :, front - frame + 1:]], dim=2)  # (Cout, Cin, frame + 1, kh, kw)
-            yield frame, F.conv3d(piece[:, :, :frame + 1], folded, self.conv.bias, 1, self.conv.padding)
+            # Taps 0..front-frame all see frame 0; the rest see frames 1..frame. As one 2D conv over the
+            # frames stacked along channels (frame-major), which oneDNN runs faster than a short 3D conv.
+            folded = torch.cat([weight[:, :, :front - frame + 1].sum(2), *weight[:, :, front - frame + 1:].unbind(2)],
+                               dim=1)  # (Cout, (frame + 1) * Cin, kh, kw)
+            stacked = piece[:, :, :frame + 1].transpose(1, 2).reshape(batch, (frame + 1) * channels, height, width)
+            result = F.conv2d(stacked, folded, self.conv.bias, self.conv.stride[1:], self.conv.padding[1:])
+            yield frame, result.unsqueeze(2)  # (B, Cout, 1, H', W')
         if piece.shape[2] > front:
             yield front, self.conv(piece)  # valid frames front.. need no padding
 
@@ -234,7 +242,16 @@ class ResnetBlock(nn.Module):
         """Inference: normalisation fused into chunked convs; the residual is accumulated in place, so
         at most x, h and the output are alive (the output is x itself when channels do not change)."""
         h = self.conv1.stream(x, _norm_silu_transform(self.norm1, x, self.per_frame))  # (..., Cout, ...)
-        out = x if self.nin_shortcut is None else self.nin_shortcut.stream(x)  # (..., Cout, ...)
+        in_channels, out_channels = x.shape[1], h.shape[1]
+        if self.nin_shortcut is None:
+            out = x
+        elif x.dim() == 5 and x.shape[0] == 1 and out_channels <= in_channels:
+            # Write the shortcut over x's last Cout channels: each frame chunk of x is read before
+            # those frames are overwritten, and x is not needed afterwards. Saves one activation at the
+            # decoder's channel reductions (the largest tensors of a decode).
+            out = self.nin_shortcut.stream(x, out=x[:, in_channels - out_channels:], accumulate=False)
+        else:
+            out = self.nin_shortcut.stream(x)  # (..., Cout, ...)
         del x
         return self.conv2.stream(h, _norm_silu_transform(self.norm2, h, self.per_frame), out=out)
 

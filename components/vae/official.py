@@ -8,6 +8,7 @@ Our folder: `config.json` = {"format": "t2v-causal-vae", "model": VAEModelConfig
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,7 +145,11 @@ def load_official(folder: str | Path, weights: Literal["ema", "model"] = "ema") 
         checkpoint: dict[str, Any] = load_safetensors_file(weights_path)
     else:
         # weights_only: a checkpoint can never run code; mmap: no second copy of ~1 GB in memory.
-        checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"{weights_path}: holds objects other than tensors and plain containers, which we "
+                             f"refuse to unpickle; convert its weights to safetensors once ({exc})") from None
     model = CausalVAE(config)
     load_state_strict(model, select_official_weights(checkpoint, weights, source=str(weights_path)), str(weights_path))
     return model.eval()
