@@ -226,6 +226,20 @@ def register_model(name: str, run: Run, artifact_path: str, tags: Mapping[str, A
     return str(version.version)
 
 
+def set_model_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Add tags (e.g. lineage known only to the pipeline) to an existing version of model `name`."""
+    client = _client()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def model_version(name: str, version: str) -> dict[str, Any]:
+    """Plain-data view of a registered model version: source, run id, tags."""
+    found = _client().get_model_version(name, str(version))
+    return {"name": found.name, "version": str(found.version), "source": found.source, "run_id": found.run_id,
+            "tags": dict(found.tags)}
+
+
 def run_url(run: Run) -> str | None:
     """Link to the run in the MLflow UI when tracking goes to a server."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")

@@ -1,0 +1,133 @@
+"""`t2v-full`: the whole pipeline, stage after stage, as one MLflow tree and one Prefect report.
+
+Each stage runs in this process as a subflow, or, with `stage_deployment` set (e.g. `local`, `docker`),
+as its own flow run of deployment `t2v-<stage>/<stage_deployment>` on that deployment's work pool.
+Either way the stages meet only in the artifact store under the run root, and every stage's MLflow run
+is nested under this pipeline run's parent run (its id is passed along).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run as current_flow_run
+from prefect.tasks import exponential_backoff
+
+from components.core import storage, tracking
+from flows import report, runner
+from flows.stage_flows import STAGE_FLOWS
+from flows.stages import Stage, absolute_root, chain, default_run_root, split_overrides, stage_dir
+
+REPORT_KEY = "t2v-full-report"
+
+
+class StageFailed(RuntimeError):
+    """A stage failed; the message names the stage and carries the stage's own message."""
+
+
+_io = task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), cache_policy=NO_CACHE)
+
+
+@_io
+def read_manifest(out: str) -> dict[str, Any] | None:
+    return runner.read_manifest(out)
+
+
+@_io
+def describe(stage: Stage, run_root: str, before: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    return runner.describe(stage, run_root, before, seconds)
+
+
+@_io
+def publish_report(run_root: str, markdown: str) -> None:
+    storage.write_text(storage.join(run_root, "report.md"), markdown)
+    create_markdown_artifact(markdown=markdown, key=REPORT_KEY, description="t2v-full stage table")
+
+
+@_io
+def tag_model_lineage(result: dict[str, Any], earlier: list[dict[str, Any]], parent_run_id: str) -> None:
+    """Complete the lineage of a model a stage registered (the stage tags what it knows itself)."""
+    registered = result["registered_model"]
+    tags = {"lineage.pipeline_run_id": parent_run_id, f"lineage.{result['stage']}_run_id": result["mlflow_run_id"],
+            **{f"lineage.{stage['stage']}_manifest_sha256": stage["manifest_sha256"] for stage in earlier},
+            **{f"lineage.{stage['stage']}_run_id": stage["mlflow_run_id"] for stage in earlier}}
+    tracking.set_model_version_tags(registered["name"], registered["version"], tags)
+
+
+def call_stage(stage: Stage, parameters: dict[str, Any], stage_deployment: str | None) -> dict[str, Any]:
+    """Run one stage in-process (subflow) or as a flow run of its deployment; return its description."""
+    if not stage_deployment:
+        return STAGE_FLOWS[stage.name](**parameters)
+    run_root = parameters["run_root"]
+    before = read_manifest(stage_dir(run_root, stage.name))
+    started = time.monotonic()
+    child = run_deployment(f"t2v-{stage.name}/{stage_deployment}", parameters=parameters, as_subflow=True,
+                           poll_interval=2)
+    if not child.state or not child.state.is_completed():
+        state = child.state.name if child.state else "no state"
+        raise RuntimeError(f"flow run {child.name} ended {state}: {child.state.message if child.state else ''}")
+    return describe(stage, run_root, before, time.monotonic() - started)
+
+
+@flow(name="t2v-full")
+def pipeline(
+    run_root: str | None = None,
+    preset: str = "tiny",
+    overrides: list[str] | None = None,
+    num: int = 24,
+    seed: int = 0,
+    kind: str = "shapes",
+    annotations: str | None = None,
+    stage_deployment: str | None = None,
+    until: str | None = None,
+) -> dict[str, Any]:
+    """Synthesize (or ingest `annotations`) → filter → shard → VAE phase 1 → VAE phase 2 → VAE eval.
+
+    `overrides` are `<component>.<key>=<value>` (`data.synth.bad_fraction=0.1`); `until` stops after
+    that stage. Defaults need no parameters: tiny preset, synthetic data, `$T2V_HOME/runs/<preset>`.
+    """
+    logger = get_run_logger()
+    overrides = list(overrides or [])
+    split_overrides(overrides)  # a malformed override fails here, before any stage starts
+    stages = chain(annotations, until)
+    run_root = absolute_root(run_root or default_run_root(preset))
+    options = {"num": num, "seed": seed, "kind": kind, "annotations": annotations}
+
+    parent = tracking.start_run("t2v-full", tags={"t2v.run_root": run_root,
+                                                  "prefect.flow_run_id": str(current_flow_run.id)})
+    parent.log_params({"preset": preset, "overrides": overrides, "run_root": run_root,
+                       "stages": [stage.name for stage in stages], "stage_deployment": stage_deployment,
+                       **options})
+    parent_info = {"run_id": parent.run_id, "url": tracking.run_url(parent)}
+    logger.info("pipeline run root %s, MLflow parent run %s", run_root, parent.run_id)
+
+    results: list[dict[str, Any]] = []
+    for stage in stages:
+        parameters = {"run_root": run_root, "preset": preset, "overrides": overrides,
+                      "parent_run_id": parent.run_id, **{name: options[name] for name in stage.options}}
+        started = time.monotonic()
+        try:
+            result = call_stage(stage, parameters, stage_deployment)
+        except Exception as exc:
+            message = f"stage '{stage.name}' failed: {type(exc).__name__}: {exc}"
+            results.append({"stage": stage.name, "status": "failed", "seconds": time.monotonic() - started})
+            parent.set_tags({f"stage.{stage.name}.status": "failed"})
+            parent.finish("FAILED")
+            publish_report(run_root, report.markdown(run_root, results, parent_info, error=message))
+            raise StageFailed(message) from exc
+        if result.get("registered_model") and result["status"] == "ran":
+            tag_model_lineage(result, results, parent.run_id)
+        results.append(result)
+        parent.set_tags({f"stage.{stage.name}.status": result["status"],
+                         f"manifest.{stage.name}.sha256": result["manifest_sha256"]})
+        logger.info("stage %s: %s (%.1fs)", stage.name, result["status"], result["seconds"])
+
+    parent.finish("FINISHED")
+    publish_report(run_root, report.markdown(run_root, results, parent_info))
+    return {"run_root": run_root, "mlflow_run_id": parent.run_id, "mlflow_url": parent_info["url"],
+            "stages": results}

@@ -1,0 +1,71 @@
+"""Run one stage and describe what it left in the artifact store (no prefect here).
+
+A stage is skipped when its output folder already holds a manifest for the same inputs and
+configuration: the component checks that itself and returns without touching the folder. We tell
+"skipped" from "ran" by comparing the manifest before and after the call, which works the same whether
+the stage ran in this process or on a worker elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from components.core import manifest, storage, tracking
+from flows.stages import Stage, split_overrides, stage_dir
+
+log = logging.getLogger(__name__)
+
+
+def read_manifest(out: str) -> dict[str, Any] | None:
+    return manifest.read_manifest(out)
+
+
+def describe(stage: Stage, run_root: str, before: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """The stage's result as plain data: status, duration, manifest checksum, output URIs, MLflow run."""
+    out = stage_dir(run_root, stage.name)
+    manifest_uri = storage.join(out, manifest.MANIFEST_FILE)
+    if not storage.exists(manifest_uri):
+        raise RuntimeError(f"stage '{stage.name}' finished without writing {manifest_uri}")
+    manifest_bytes = storage.read_bytes(manifest_uri)
+    after = storage.read_json(manifest_uri)
+    run_id = after.get("mlflow_run_id")
+    run = tracking.get_run(run_id) if run_id else None
+    return {
+        "stage": stage.name,
+        "status": "skipped" if before == after else "ran",
+        "seconds": round(seconds, 2),
+        "out": out,
+        "manifest": manifest_uri,
+        "manifest_sha256": storage.sha256_bytes(manifest_bytes),
+        "config_hash": after.get("config_hash"),
+        "outputs": {rel: storage.join(out, rel) for rel in stage.outputs},
+        "mlflow_run_id": run_id,
+        "mlflow_url": tracking.run_url(tracking.Run(run_id, run["experiment_id"])) if run else None,
+        "metrics": run["metrics"] if run else {},
+        "registered_model": after.get("registered_model"),  # {name, version} when the stage registered one
+    }
+
+
+def run_stage(
+    stage: Stage,
+    run_root: str,
+    preset: str = "tiny",
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Call the stage's component function on `run_root/<stage>` and describe the result."""
+    unknown = set(options) - set(stage.options)
+    assert not unknown, f"stage {stage.name} takes no option {sorted(unknown)}"
+    out = stage_dir(run_root, stage.name)
+    before = read_manifest(out)
+    arguments = {**stage.extra, **stage.arguments(run_root, **options)}
+    started = time.monotonic()
+    stage.load()(out=out, preset=preset, overrides=split_overrides(overrides)[stage.component],
+                 parent_run_id=parent_run_id, **arguments)
+    result = describe(stage, run_root, before, time.monotonic() - started)
+    log.info("stage %s %s in %.1fs: %s", stage.name, result["status"], result["seconds"], out)
+    return result

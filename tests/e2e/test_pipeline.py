@@ -1,0 +1,173 @@
+"""The tiny pipeline end to end, the way it runs in production: deployments from prefect.yaml on a
+real Prefect server, run by a process worker; MLflow server for tracking; S3 (moto) as artifact store.
+
+One pipeline run is shared by the assertions; a second run must skip every stage; a third, killed
+during VAE training, resumes with each stage in a flow run (process) of its own and must end with the
+same VAE weights as the uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from components.core import manifest, storage, tracking
+from flows.stages import chain
+from tests.e2e.conftest import REPO, Stack
+from tests.servers import chromium
+
+pytestmark = pytest.mark.slow
+
+# Tiny data and few steps (a checkpoint every 2 steps, so a kill at step 3 has one to resume from).
+# The VAE's tiny bucket 9x64x64 gets no clips from the tiny shard preset: train on 17x64x64.
+VAE_OVERRIDES = ["vae.data.bucket=17x64x64", "vae.train.phase1.steps=4", "vae.train.phase2.steps=2", "vae.train.disc_start=2",
+                 "vae.train.checkpoint_every=2", "vae.train.sample_every=1000", "vae.eval.max_clips=2"]
+PARAMETERS = {"num": 12, "seed": 3, "overrides": VAE_OVERRIDES}
+FINAL_WEIGHTS = "vae-phase2/model/model.safetensors"
+STAGES = [stage.name for stage in chain()]
+
+
+def _parent_runs(run_root: str) -> list[dict]:
+    """The pipeline's MLflow parent runs for `run_root`, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`t2v.run_root` = '{run_root}'",
+                              order_by=["start_time ASC"])
+    return [tracking.get_run(run.info.run_id) for run in runs]
+
+
+@pytest.fixture(scope="module")
+def first_run(stack: Stack) -> str:
+    """The pipeline as one flow run of deployment t2v-full/local on the process pool."""
+    run_root = f"{stack.bucket}/full"
+    proc = stack.run_deployment("t2v-full/local", {**PARAMETERS, "run_root": run_root})
+    assert proc.returncode == 0, f"pipeline failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    return run_root
+
+
+def test_every_stage_leaves_a_verified_manifest(first_run, stack_env):
+    for name in STAGES:
+        found = manifest.read_manifest(storage.join(first_run, name))
+        assert found is not None, f"no manifest for stage {name}"
+        assert found["stage"] == name or name.startswith(found["stage"])
+        for rel, entry in found["files"].items():
+            uri = entry["uri"] if entry["uri"].startswith("s3://") else storage.join(first_run, name, entry["uri"])
+            assert uri.startswith(f"{first_run}/{name}/"), rel
+            storage.read_bytes(uri, expected_sha256=entry["sha256"])  # raises on mismatch
+    report = storage.read_text(storage.join(first_run, "report.md"))
+    assert "t2v-full: completed" in report
+    for name in STAGES:
+        assert f"| {name} | **ran** |" in report
+
+
+def test_mlflow_shows_the_run_as_one_tree(first_run, stack_env):
+    (parent,) = _parent_runs(first_run)
+    assert parent["name"] == "t2v-full" and parent["status"] == "FINISHED"
+    assert parent["params"]["preset"] == "tiny"
+    assert json.loads(parent["params"]["overrides"]) == PARAMETERS["overrides"]
+    assert parent["params"]["stage_deployment"] == "None"
+    children = tracking.child_runs(parent["run_id"])
+    assert [child["name"] for child in children] == STAGES
+    for name, child in zip(STAGES, children, strict=True):
+        assert child["status"] == "FINISHED"
+        stage_manifest = storage.read_bytes(storage.join(first_run, name, "manifest.json"))
+        # Each stage's manifest names its run, and the parent carries the manifest's checksum.
+        assert json.loads(stage_manifest)["mlflow_run_id"] == child["run_id"]
+        assert parent["tags"][f"manifest.{name}.sha256"] == storage.sha256_bytes(stage_manifest)
+        assert parent["tags"][f"stage.{name}.status"] == "ran"
+
+
+def test_the_vae_is_registered_once_with_its_lineage(first_run, stack_env):
+    from mlflow.tracking import MlflowClient
+
+    (parent,) = _parent_runs(first_run)[:1]
+    runs = {child["name"]: child["run_id"] for child in tracking.child_runs(parent["run_id"])}
+    versions = MlflowClient(tracking.tracking_uri()).search_model_versions(f"run_id = '{runs['vae-phase2']}'")
+    assert [version.name for version in versions] == ["t2v-vae"]
+    tags = tracking.model_version("t2v-vae", versions[0].version)["tags"]
+    assert tags["lineage.phase1_run_id"] == runs["vae-phase1"]  # from the trainer
+    assert tags["lineage.pipeline_run_id"] == parent["run_id"]  # from the pipeline
+    assert tags["lineage.vae-phase2_run_id"] == runs["vae-phase2"]
+    for name in ("synth", "filter", "shard", "vae-phase1"):
+        assert tags[f"lineage.{name}_manifest_sha256"] == parent["tags"][f"manifest.{name}.sha256"]
+
+
+def test_prefect_report_artifact(first_run, stack_env):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.pipeline import REPORT_KEY
+
+    with temporary_settings({PREFECT_API_URL: stack_env.prefect_api}), get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+        reports = [a for a in artifact if a.key == REPORT_KEY]
+    assert reports, "no t2v-full-report artifact"
+    assert any(first_run in str(a.data) for a in reports)
+
+
+def test_second_run_skips_every_stage(first_run, stack: Stack, stack_env):
+    before = {name: storage.read_bytes(storage.join(first_run, name, "manifest.json")) for name in STAGES}
+    proc = stack.run_deployment("t2v-full/local", {**PARAMETERS, "run_root": first_run})
+    assert proc.returncode == 0, f"second run failed:\n{proc.stdout[-6000:]}"
+    parents = _parent_runs(first_run)
+    assert len(parents) == 2
+    second = parents[-1]
+    assert second["status"] == "FINISHED"
+    assert {name: second["tags"][f"stage.{name}.status"] for name in STAGES} == dict.fromkeys(STAGES, "skipped")
+    assert tracking.child_runs(second["run_id"]) == []  # nothing ran, so no stage run was opened
+    for name in STAGES:
+        assert storage.read_bytes(storage.join(first_run, name, "manifest.json")) == before[name]
+    assert "**skipped**" in storage.read_text(storage.join(first_run, "report.md"))
+
+
+def test_killed_during_vae_training_resumes_to_the_same_weights(first_run, stack: Stack, stack_env):
+    from components.vae.train import KILL_AT_STEP_ENV
+
+    run_root = f"{stack.bucket}/crashed"
+    # In-process run (`python -m flows run`) that dies by SIGKILL after VAE phase-1 step 3 (checkpoint at 2).
+    sets = [arg for override in VAE_OVERRIDES for arg in ("--set", override)]
+    killed = subprocess.run(
+        [sys.executable, "-m", "flows", "run", "--run-root", run_root, "--num", str(PARAMETERS["num"]),
+         "--seed", str(PARAMETERS["seed"]), *sets],
+        cwd=REPO, env={**stack.env, KILL_AT_STEP_ENV: "3"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-4000:]
+    assert manifest.read_manifest(f"{run_root}/vae-phase1") is None
+    assert storage.list_files(f"{run_root}/vae-phase1/checkpoints")
+
+    # Started again on the worker, each stage a flow run of its own deployment (t2v-<stage>/local):
+    # the data stages skip, phase 1 resumes from its checkpoint (and its interrupted MLflow run).
+    proc = stack.run_deployment("t2v-full/local-split", {**PARAMETERS, "run_root": run_root})
+    assert proc.returncode == 0, f"resumed run failed:\n{proc.stdout[-6000:]}"
+    crashed, resumed = _parent_runs(run_root)
+    assert [resumed["tags"][f"stage.{name}.status"] for name in STAGES] == ["skipped"] * 3 + ["ran"] * 3
+    # Stages in other processes still nest under this pipeline run; resumed phase 1 keeps its first run.
+    assert [child["name"] for child in tracking.child_runs(resumed["run_id"])] == ["vae-phase2", "vae-eval"]
+    assert [child["name"] for child in tracking.child_runs(crashed["run_id"])] == STAGES[:4]
+    assert storage.read_json(f"{run_root}/vae-phase1/metrics.json")["resumes"] == 1
+    expected = storage.read_json(f"{first_run}/vae-phase2/manifest.json")["files"]["model/model.safetensors"]
+    assert storage.sha256_bytes(storage.read_bytes(f"{run_root}/{FINAL_WEIGHTS}")) == expected["sha256"]
+    assert expected["sha256"] == storage.sha256_bytes(storage.read_bytes(f"{first_run}/{FINAL_WEIGHTS}"))
+
+
+def test_mlflow_ui_lists_the_pipeline_runs(first_run, stack_env):
+    """What a user sees: the parent run's page in the MLflow UI lists every stage as a child run."""
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/ensure-system-deps.sh installs it as root)")
+    parent = _parent_runs(first_run)[0]
+    children = [child["name"] for child in tracking.child_runs(parent["run_id"])]
+    url = f"{stack_env.mlflow_url}/#/experiments/{parent['experiment_id']}/runs/{parent['run_id']}"
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--window-size=1600,1000", "--virtual-time-budget=15000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120).stdout
+    assert "t2v-full" in dom and "Child runs" in dom, dom[-2000:]
+    for name in children:
+        assert f">{name}<" in dom, f"child run {name} not shown on {url}"
