@@ -84,10 +84,7 @@ wait_http "$PREFECT_API_URL/health" prefect-server
   || { echo "demo: 'prefect deploy --all' failed; see $DEMO/logs/deploy.log" >&2; tail -n 30 "$DEMO/logs/deploy.log" >&2; exit 1; }
 start worker "$BIN/prefect" worker start --pool "$POOL"
 
-# The VAE's tiny preset trains on bucket 9x64x64, which the tiny shard preset (train_fps 24) leaves
-# empty for small synthetic sets; 17x64x64 has clips. Drop this once those two presets agree.
-DEFAULT_PARAMS='{"overrides": ["vae.data.bucket=17x64x64"]}'
-PARAMS="${DEMO_PARAMS:-$DEFAULT_PARAMS}"
+PARAMS="${DEMO_PARAMS:-{\}}"  # the deployment's defaults need no parameters; DEMO_PARAMS may add some
 echo "demo: running t2v-full/local (tiny preset, synthetic data, parameters $PARAMS)"
 started=$(date +%s)
 "$BIN/prefect" deployment run t2v-full/local --params "$PARAMS" --watch

@@ -22,8 +22,7 @@ from tests.servers import chromium
 pytestmark = pytest.mark.slow
 
 # Tiny data and few steps (a checkpoint every 2 steps, so a kill at step 3 has one to resume from).
-# The VAE's tiny bucket 9x64x64 gets no clips from the tiny shard preset: train on 17x64x64.
-VAE_OVERRIDES = ["vae.data.bucket=17x64x64", "vae.train.phase1.steps=4", "vae.train.phase2.steps=2", "vae.train.disc_start=2",
+VAE_OVERRIDES = ["vae.train.phase1.steps=4", "vae.train.phase2.steps=2", "vae.train.disc_start=2",
                  "vae.train.checkpoint_every=2", "vae.train.sample_every=1000", "vae.eval.max_clips=2"]
 PARAMETERS = {"num": 12, "seed": 3, "overrides": VAE_OVERRIDES}
 FINAL_WEIGHTS = "vae-phase2/model/model.safetensors"

@@ -18,7 +18,7 @@ from components.vae.trainer_state import load_checkpoint
 from tests.data.clips import ClipSpec, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["model.hidden_size=8", "train.discriminator.base_channels=4", "train.phase1.steps=4",
+FAST = ["model.hidden_size=8", "data.bucket=9x64x64", "train.discriminator.base_channels=4", "train.phase1.steps=4",
         "train.phase2.steps=2", "train.disc_start=1", "train.checkpoint_every=2", "eval.resolution=32"]
 
 
