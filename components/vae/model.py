@@ -398,8 +398,8 @@ class Encoder(nn.Module):
         resnet = dict(groups=config.norm_groups, eps=config.norm_eps, dropout=config.dropout)
         levels = []
         in_channels = hidden
-        for level, (factor, block_kind, down_kind) in enumerate(
-                zip(mult, config.encoder_resnet_blocks, config.encoder_downsample)):
+        for factor, block_kind, down_kind in zip(mult, config.encoder_resnet_blocks, config.encoder_downsample,
+                                                 strict=True):
             out_channels = hidden * factor
             blocks = [ResnetBlock(in_channels if i == 0 else out_channels, out_channels,
                                   three_d=block_kind == "ResnetBlock3D", **resnet)

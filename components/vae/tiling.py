@@ -83,9 +83,9 @@ def tiled_encode(encode_moments: Callable[[torch.Tensor], torch.Tensor], video: 
     weight_args = dict(dtype=video.dtype, device=video.device)
     t_weights, h_weights, w_weights = (blend_weights(s, **weight_args) for s in (t_spans, h_spans, w_spans))
     moments = None
-    for (t0, t1), t_weight in zip(t_spans, t_weights):
-        for (h0, h1), h_weight in zip(h_spans, h_weights):
-            for (w0, w1), w_weight in zip(w_spans, w_weights):
+    for (t0, t1), t_weight in zip(t_spans, t_weights, strict=True):
+        for (h0, h1), h_weight in zip(h_spans, h_weights, strict=True):
+            for (w0, w1), w_weight in zip(w_spans, w_weights, strict=True):
                 # Latent frames [t0, t1) come from pixel frames [tc*t0, tc*(t1-1)+1) (§1.5 frame rule).
                 tile = video[:, :, tc * t0: tc * (t1 - 1) + 1, sc * h0: sc * h1, sc * w0: sc * w1]
                 tile_moments = encode_moments(tile)  # (B, 2C, t1-t0, h1-h0, w1-w0)
@@ -111,9 +111,9 @@ def tiled_decode(decode_latents: Callable[[torch.Tensor], torch.Tensor], latents
     weight_args = dict(dtype=latents.dtype, device=latents.device)
     t_weights, h_weights, w_weights = (blend_weights(s, **weight_args) for s in (pixel_t, pixel_h, pixel_w))
     video = None
-    for (t0, t1), (f0, f1), t_weight in zip(t_spans, pixel_t, t_weights):
-        for (h0, h1), (y0, y1), h_weight in zip(h_spans, pixel_h, h_weights):
-            for (w0, w1), (x0, x1), w_weight in zip(w_spans, pixel_w, w_weights):
+    for (t0, t1), (f0, f1), t_weight in zip(t_spans, pixel_t, t_weights, strict=True):
+        for (h0, h1), (y0, y1), h_weight in zip(h_spans, pixel_h, h_weights, strict=True):
+            for (w0, w1), (x0, x1), w_weight in zip(w_spans, pixel_w, w_weights, strict=True):
                 tile = decode_latents(latents[:, :, t0:t1, h0:h1, w0:w1])  # (B, 3, f1-f0, y1-y0, x1-x0)
                 if video is None:
                     video = tile.new_zeros((batch, tile.shape[1], pixel_t[-1][1], pixel_h[-1][1], pixel_w[-1][1]))
