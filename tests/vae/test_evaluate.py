@@ -24,13 +24,6 @@ SPECS = [ClipSpec("wide", 48, 80, 12, 8.0), ClipSpec("tall", 72, 40, 10, 8.0), C
 FAST = ["eval.resolution=32", "eval.num_frames=9"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("T2V_HOME", str(tmp_path_factory.getbasetemp() / "t2v-home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("T2V_PARENT_RUN_ID", raising=False)
-
-
 @pytest.fixture(scope="module")
 def vae_folder(tmp_path_factory):
     torch.manual_seed(0)
@@ -105,7 +98,6 @@ def test_eval_cli(vae_folder, clips, tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["clips"] == 2 and (out / "manifest.json").is_file()
-
 
 
 def test_eval_cli_reports_config_errors_by_key(vae_folder, clips, tmp_path, capsys):

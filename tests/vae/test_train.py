@@ -21,10 +21,9 @@ FAST = ["model.hidden_size=8", "data.bucket=9x32x32", "train.discriminator.base_
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
+def _standin_loader(tmp_path_factory, monkeypatch):
+    # Module-scoped runs are read back by several tests: one tracking home for the session, not per test.
     monkeypatch.setenv("T2V_HOME", str(tmp_path_factory.getbasetemp() / "t2v-home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("T2V_PARENT_RUN_ID", raising=False)
     patch_loader(monkeypatch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

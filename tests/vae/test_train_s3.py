@@ -16,14 +16,8 @@ FAST = ["model.hidden_size=8", "data.bucket=9x32x32", "train.discriminator.base_
         "eval.resolution=32"]
 
 
-
-
-
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("T2V_HOME", str(tmp_path_factory.getbasetemp() / "t2v-home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("T2V_PARENT_RUN_ID", raising=False)
+def _standin_loader(monkeypatch):
     patch_loader(monkeypatch)
 
 
