@@ -10,15 +10,14 @@ Engineering differences to the reference, at equal outputs (§9.16):
   2D modules, instead of a rearrange around every operator;
 - the encoder keeps no list of intermediates;
 - the mid attention runs through `scaled_dot_product_attention`, all frames batched;
-- without autograd (inference), GroupNorm + swish are fused into convolutions that run over chunks of
-  frames into one preallocated output, residuals are added in place, and the causal front padding is
-  folded into the kernel instead of copied: a res-block keeps at most its input, one intermediate and
-  its output alive. With autograd the plain formulation runs (training), with the same results.
+- without autograd (inference), the kernels of `streaming.py` run: channels last, chunks of frames,
+  GroupNorm + swish fused into the convolutions, residuals added in place, the causal front padding
+  folded into the kernel, temporal Winograd: a res-block keeps at most its input, one intermediate and
+  its output alive. With autograd the plain formulation runs (training), with the same results up to
+  float rounding.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,66 +25,19 @@ from torch import nn
 
 from components.vae.config import VAEModelConfig
 from components.vae.posterior import DiagonalGaussian
-
-# Without autograd, convolutions run over chunks of frames of at most this many input bytes, writing
-# into one preallocated output: the normalised input copy and oneDNN's layout reorders then cost one
-# chunk of memory, not a whole activation. Small clips run in one chunk (no overhead).
-CHUNK_BYTES = 64 * 2**20
-
-
-def _chunk_length(x: torch.Tensor, dim: int, length: int) -> int:
-    """Frames per chunk: as few equal chunks as keep each under CHUNK_BYTES (at least one frame)."""
-    frame_bytes = x.numel() // max(x.shape[dim], 1) * x.element_size()
-    chunks = -(-length * frame_bytes // CHUNK_BYTES)  # ceil
-    return -(-length // max(chunks, 1))
-
-
-Transform = Callable[[torch.Tensor, int, int], torch.Tensor]
+from components.vae.streaming import (
+    FastConv2d,
+    NearestUpsampleConv,
+    Transform,
+    causal_conv_stream,
+    channels_last,
+    map_chunks,
+    norm_silu_transform,
+)
 
 
 def _no_grad() -> bool:
     return not torch.is_grad_enabled()
-
-
-def _norm_silu_transform(norm: nn.GroupNorm, x: torch.Tensor, per_frame: bool) -> Transform:
-    """GroupNorm + swish as a chunk transform, with statistics taken once over the whole of `x`.
-
-    `x` is (B, C, T, H, W) for 3D blocks (statistics over C/G x T x H x W, as the reference's 5-D
-    GroupNorm) or (B*T, C, H, W) for 2D blocks (statistics per frame; the chunk's frame range picks them).
-    """
-    count, channels, groups = x.shape[0], x.shape[1], norm.num_groups
-    var, mean = torch.var_mean(x.reshape(count, groups, -1), dim=2, correction=0)  # (N, G) each
-    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(channels // groups, dim=1)  # (N, C)
-    scale = rstd * norm.weight  # (N, C)
-    shift = norm.bias - mean.repeat_interleave(channels // groups, dim=1) * scale  # (N, C)
-    shape = (count, channels) + (1,) * (x.dim() - 2)
-    scale, shift = scale.view(shape), shift.view(shape)
-
-    def transform(piece: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        piece_scale, piece_shift = (scale[start:stop], shift[start:stop]) if per_frame else (scale, shift)
-        return F.silu(torch.addcmul(piece_shift, piece, piece_scale), inplace=True)  # fresh tensor
-
-    return transform
-
-
-def _map_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int,
-                out: torch.Tensor | None = None, transform: Transform | None = None) -> torch.Tensor:
-    """`fn` applied to chunks of slices of `x` along `dim` (a frame-local fn: output frame i
-    depends on input frame i only), written into a new tensor or added into `out`."""
-    length, accumulate = x.shape[dim], out is not None
-    step = _chunk_length(x, dim, length)
-    for start in range(0, length, step):
-        stop = min(start + step, length)
-        piece = x.narrow(dim, start, stop - start)
-        result = fn(piece if transform is None else transform(piece, start, stop))
-        if out is None:
-            out = result.new_empty(result.shape[:dim] + (length,) + result.shape[dim + 1:])
-        target = out.narrow(dim, start, stop - start)
-        if accumulate:
-            target.add_(result)
-        else:
-            target.copy_(result)
-    return out
 
 
 def _to_frames(video: torch.Tensor) -> torch.Tensor:
@@ -96,7 +48,8 @@ def _to_frames(video: torch.Tensor) -> torch.Tensor:
 def _to_video(frames: torch.Tensor, batch: int) -> torch.Tensor:
     count, channels, height, width = frames.shape
     video = frames.reshape(batch, count // batch, channels, height, width)  # (B, T, C, H, W)
-    return video.transpose(1, 2).contiguous()  # (B, C, T, H, W)
+    video = video.transpose(1, 2)  # (B, C, T, H, W); a view, channels last if `frames` was
+    return channels_last(video) if _no_grad() else video.contiguous()
 
 
 def _run(module: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -139,60 +92,8 @@ class CausalConv3d(nn.Module):
 
     def stream(self, x: torch.Tensor, transform: Transform | None = None,
                out: torch.Tensor | None = None, accumulate: bool = True) -> torch.Tensor:
-        """Same result as `forward`, computed over chunks of output frames (no autograd).
-
-        `transform(piece, start, stop)` maps each input slice before padding (e.g. GroupNorm + swish);
-        with `out`, results are added into it (residual connections), or written when not `accumulate`.
-        """
-        front, stride, frames = self.kernel_frames - 1, self.stride_frames, x.shape[2]
-        accumulate = out is not None and accumulate
-        out_frames = (frames - 1) // stride + 1
-        step = _chunk_length(x, 2, out_frames * stride)  // stride
-        for start in range(0, out_frames, max(step, 1)):
-            stop = min(start + max(step, 1), out_frames)
-            # Output frame o reads padded frames [o*s, o*s + kt); padded frame p is input frame p - front.
-            first, last = start * stride - front, (stop - 1) * stride - front + self.kernel_frames
-            piece = x[:, :, max(first, 0):last]  # (B, Cin, <= span, H, W)
-            if transform is not None:
-                piece = transform(piece, max(first, 0), last)
-            for offset, result in self._conv_piece(piece, first):  # (B, Cout, n, H', W') at start + offset
-                if out is None:
-                    out = result.new_empty((*result.shape[:2], out_frames, *result.shape[3:]))
-                target = out[:, :, start + offset: start + offset + result.shape[2]]
-                if accumulate:
-                    target += result
-                else:
-                    target.copy_(result)
-        return out  # (B, Cout, T_out, H', W')
-
-    def _conv_piece(self, piece: torch.Tensor, first: int):
-        """Yield (output offset, conv output) for a chunk whose padded input starts at frame `first`.
-
-        In the first chunk (first < 0) the replicated copies of frame 0 are folded into the kernel
-        instead of being materialised: output frame o < front sees frame 0 through the summed taps
-        0..front-o, so it needs o + 1 taps; that is 3 fewer frame-taps per 3x3x3 conv than convolving
-        the padded input (same result up to float rounding; ~8% faster at T=9).
-        """
-        front = self.kernel_frames - 1
-        if first >= 0:
-            yield 0, self.conv(piece)
-            return
-        if self.stride_frames != 1:
-            replicated = piece[:, :, :1].expand(-1, -1, -first, -1, -1)
-            yield 0, self.conv(torch.cat([replicated, piece], dim=2))
-            return
-        weight = self.conv.weight  # (Cout, Cin, kt, kh, kw)
-        batch, channels, _, height, width = piece.shape
-        for frame in range(min(front, piece.shape[2])):
-            # Taps 0..front-frame all see frame 0; the rest see frames 1..frame. As one 2D conv over the
-            # frames stacked along channels (frame-major), which oneDNN runs faster than a short 3D conv.
-            folded = torch.cat([weight[:, :, :front - frame + 1].sum(2), *weight[:, :, front - frame + 1:].unbind(2)],
-                               dim=1)  # (Cout, (frame + 1) * Cin, kh, kw)
-            stacked = piece[:, :, :frame + 1].transpose(1, 2).reshape(batch, (frame + 1) * channels, height, width)
-            result = F.conv2d(stacked, folded, self.conv.bias, self.conv.stride[1:], self.conv.padding[1:])
-            yield frame, result.unsqueeze(2)  # (B, Cout, 1, H', W')
-        if piece.shape[2] > front:
-            yield front, self.conv(piece)  # valid frames front.. need no padding
+        """Same result as `forward` without autograd: chunked, channels last (see `streaming`)."""
+        return causal_conv_stream(self.conv, self.kernel_frames - 1, x, transform, out, accumulate)
 
 
 class Conv2d(nn.Conv2d):
@@ -205,7 +106,7 @@ class Conv2d(nn.Conv2d):
 
     def stream(self, x: torch.Tensor, transform: Transform | None = None,
                out: torch.Tensor | None = None) -> torch.Tensor:
-        return _map_chunks(super().forward, x, 0, out, transform)
+        return map_chunks(FastConv2d(self.weight, self.bias, self.stride, self.padding), x, 0, out, transform)
 
 
 class ResnetBlock(nn.Module):
@@ -241,19 +142,23 @@ class ResnetBlock(nn.Module):
     def _stream(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: normalisation fused into chunked convs; the residual is accumulated in place, so
         at most x, h and the output are alive (the output is x itself when channels do not change)."""
-        h = self.conv1.stream(x, _norm_silu_transform(self.norm1, x, self.per_frame))  # (..., Cout, ...)
+        h = self.conv1.stream(x, norm_silu_transform(self.norm1, x, self.per_frame))  # (..., Cout, ...)
         in_channels, out_channels = x.shape[1], h.shape[1]
         if self.nin_shortcut is None:
             out = x
-        elif x.dim() == 5 and x.shape[0] == 1 and out_channels <= in_channels:
-            # Write the shortcut over x's last Cout channels: each frame chunk of x is read before
-            # those frames are overwritten, and x is not needed afterwards. Saves one activation at the
-            # decoder's channel reductions (the largest tensors of a decode).
-            out = self.nin_shortcut.stream(x, out=x[:, in_channels - out_channels:], accumulate=False)
+        elif (x.dim() == 5 and x.shape[0] == 1 and out_channels <= in_channels
+              and x.is_contiguous(memory_format=torch.channels_last_3d)):
+            # Write the shortcut over the front of x's memory: output frames [a, b) land on input bytes of
+            # frames < b, which chunk [a, b) has just read or earlier chunks consumed, and x is not needed
+            # afterwards. Saves one activation at the decoder's channel reductions (its largest tensors).
+            batch, _, frames, height, width = x.shape
+            front = x.permute(0, 2, 3, 4, 1).reshape(-1)[:frames * height * width * out_channels]  # a view
+            out = front.view(batch, frames, height, width, out_channels).permute(0, 4, 1, 2, 3)  # channels last
+            out = self.nin_shortcut.stream(x, out=out, accumulate=False)
         else:
             out = self.nin_shortcut.stream(x)  # (..., Cout, ...)
         del x
-        return self.conv2.stream(h, _norm_silu_transform(self.norm2, h, self.per_frame), out=out)
+        return self.conv2.stream(h, norm_silu_transform(self.norm2, h, self.per_frame), out=out)
 
 
 class AttnBlock3DFix(nn.Module):
@@ -296,7 +201,7 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B*T, C, H, W)
         if _no_grad():
-            return _map_chunks(lambda piece: self.conv(F.pad(piece, (0, 1, 0, 1))), x, 0)  # (B*T, C, H/2, W/2)
+            return map_chunks(lambda piece: self.conv(F.pad(piece, (0, 1, 0, 1))), x, 0)  # (B*T, C, H/2, W/2)
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # (B*T, C, H/2, W/2)
 
 
@@ -325,11 +230,10 @@ class SpatialUpsample2x(nn.Module):
         self.conv = CausalConv3d(channels, channels, (1, 3, 3), padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
-        if _no_grad():  # frame-local (kernel 1 in time): upsample and convolve chunk by chunk
-            return _map_chunks(self._upsample_conv, x, 2)  # (B, C, T, 2H, 2W)
-        return self._upsample_conv(x)  # (B, C, T, 2H, 2W)
-
-    def _upsample_conv(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        if _no_grad():  # frame-local (kernel 1 in time): sub-pixel convs, chunk by chunk over frames
+            upsample_conv = NearestUpsampleConv(self.conv.conv.weight[:, :, 0], self.conv.conv.bias)
+            frames = map_chunks(upsample_conv, _to_frames(x), 0)  # (B*T, C, 2H, 2W)
+            return _to_video(frames, x.shape[0])  # (B, C, T, 2H, 2W)
         x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, C, T, 2H, 2W)
         return self.conv.conv(x)  # (B, C, T, 2H, 2W), kernel (1, 3, 3): no causal padding needed
 
@@ -425,7 +329,7 @@ class Encoder(nn.Module):
             h = _to_video(h, batch)  # (B, C, t, h, w)
         h = self.mid(h)  # (B, C, t, h, w)
         if _no_grad():
-            return self.conv_out.stream(h, _norm_silu_transform(self.norm_out, h, per_frame=False))  # (B, 2z, t, h, w)
+            return self.conv_out.stream(h, norm_silu_transform(self.norm_out, h, per_frame=False))  # (B, 2z, t, h, w)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, 2z, t, h, w)
 
 
@@ -469,7 +373,7 @@ class Decoder(nn.Module):
         if h.dim() == 4:
             h = _to_video(h, batch)  # (B, C0, T, H, W)
         if _no_grad():
-            return self.conv_out.stream(h, _norm_silu_transform(self.norm_out, h, per_frame=False))  # (B, 3, T, H, W)
+            return self.conv_out.stream(h, norm_silu_transform(self.norm_out, h, per_frame=False))  # (B, 3, T, H, W)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, T, H, W)
 
 
@@ -489,14 +393,19 @@ class CausalVAE(nn.Module):
 
     def encode_moments(self, video: torch.Tensor) -> torch.Tensor:
         """Untiled encoder: (B, 3, T, H, W) -> moments (B, 2*embed_dim, t, h, w)."""
+        if _no_grad():
+            video = channels_last(video)
         moments = self.encoder(video)  # (B, 2z, t, h, w)
-        return moments if self.quant_conv is None else self.quant_conv(moments)  # (B, 2e, t, h, w)
+        moments = moments if self.quant_conv is None else self.quant_conv(moments)  # (B, 2e, t, h, w)
+        return moments.contiguous()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Untiled decoder: (B, embed_dim, t, h, w) -> video (B, 3, T, H, W)."""
+        if _no_grad():
+            latents = channels_last(latents)
         if self.post_quant_conv is not None:
             latents = self.post_quant_conv(latents)  # (B, z, t, h, w)
-        return self.decoder(latents)  # (B, 3, 1 + 4(t-1), 8h, 8w)
+        return self.decoder(latents).contiguous()  # (B, 3, 1 + 4(t-1), 8h, 8w)
 
     def encode(self, video: torch.Tensor) -> DiagonalGaussian:
         """(B, 3, T, H, W) in [-1, 1] -> posterior over (B, embed_dim, t, h, w); tiled when configured."""

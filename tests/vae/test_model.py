@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from components.vae import model as model_module
+from components.vae import streaming
 from components.vae.config import load_vae_config
 from components.vae.model import CausalVAE, num_parameters
 from components.vae.posterior import DiagonalGaussian
@@ -120,9 +120,14 @@ def test_posterior_semantics():
 
 
 @pytest.mark.parametrize("chunk_bytes", [2**30, 40_000])
-def test_no_grad_path_equals_autograd_path(tiny_vae, monkeypatch, chunk_bytes):
-    """Streaming inference (fused GroupNorm, chunked convs, in-place residuals) gives the same numbers."""
-    monkeypatch.setattr(model_module, "CHUNK_BYTES", chunk_bytes)  # 40 kB: chunks of 1-3 frames everywhere
+@pytest.mark.parametrize("per_frame_kernels", ["default", "everywhere"])
+def test_no_grad_path_equals_autograd_path(tiny_vae, monkeypatch, chunk_bytes, per_frame_kernels):
+    """Streaming inference (fused GroupNorm, chunked convs, in-place residuals, Winograd) gives the same
+    numbers. "everywhere" lowers the size thresholds so the tiny model takes every per-frame kernel."""
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)  # 40 kB: chunks of 1-3 frames everywhere
+    if per_frame_kernels == "everywhere":
+        monkeypatch.setattr(streaming, "MIN_FRAME_PIXELS", 1)
+        monkeypatch.setattr(streaming, "ROW_WINOGRAD_MIN_CHANNELS", 1)
     video = torch.rand(1, 3, 21, 16, 16) * 2 - 1
     with torch.no_grad():
         fast_latents = tiny_vae.encode(video).mean
