@@ -35,6 +35,10 @@ from components.vae.streaming import (
     norm_silu_transform,
 )
 
+# Frames per chunk of the encoder's leading per-frame modules: their widest full-resolution activation
+# takes at most this many bytes per chunk (4 frames of 128 x 256 x 256 fp32).
+PER_FRAME_CHAIN_BYTES = 128 * 2**20
+
 
 def _no_grad() -> bool:
     return not torch.is_grad_enabled()
@@ -50,6 +54,23 @@ def _to_video(frames: torch.Tensor, batch: int) -> torch.Tensor:
     video = frames.reshape(batch, count // batch, channels, height, width)  # (B, T, C, H, W)
     video = video.transpose(1, 2)  # (B, C, T, H, W); a view, channels last if `frames` was
     return channels_last(video) if _no_grad() else video.contiguous()
+
+
+def _per_frame_chain(modules: list[nn.Module], frames: torch.Tensor, channels: int) -> torch.Tensor:
+    """`modules` (all per-frame) applied in turn to chunks of `frames` (N, C, H, W), sized so that a
+    `channels`-wide activation at full resolution takes at most PER_FRAME_CHAIN_BYTES per chunk."""
+    frame_bytes = channels * frames.shape[2] * frames.shape[3] * frames.element_size()
+    step = max(1, PER_FRAME_CHAIN_BYTES // frame_bytes)
+    out = None
+    for start in range(0, frames.shape[0], step):
+        h = frames[start:start + step]
+        for module in modules:
+            h = module(h)  # (n, C_i, H_i, W_i)
+        if out is None:
+            out = torch.empty((frames.shape[0], *h.shape[1:]), dtype=h.dtype, device=h.device,
+                              memory_format=torch.channels_last)
+        out[start:start + step] = h
+    return out  # (N, C_out, H_out, W_out)
 
 
 def _run(module: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -317,14 +338,25 @@ class Encoder(nn.Module):
         self.norm_out = nn.GroupNorm(config.norm_groups, in_channels, eps=config.norm_eps)
         self.conv_out = CausalConv3d(in_channels, 2 * config.z_channels, 3, padding=1)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W)
-        batch = video.shape[0]
-        h = _run(self.conv_in, video, batch)  # (B*T, C0, H, W) or (B, C0, T, H, W)
+    def _modules_in_order(self) -> list[nn.Module]:
+        modules = [self.conv_in]
         for level in self.down:
-            for block in level.block:
-                h = _run(block, h, batch)  # (.., Ci, .., H_i, W_i)
-            if level.resample() is not None:
-                h = _run(level.resample(), h, batch)  # (.., Ci, .., H_i/2, W_i/2), T halved by 3D downsample
+            modules += [*level.block, *([level.resample()] if level.resample() is not None else [])]
+        return modules
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W)
+        batch, modules = video.shape[0], self._modules_in_order()
+        h = video
+        if _no_grad():
+            # The leading per-frame modules (v1.2: conv_in and the two 2D levels, GroupNorm per frame
+            # included) are frame-local: run them end to end on a few frames at a time, so the full-
+            # resolution activations exist for one chunk only, not for the whole clip.
+            prefix = next((i for i, module in enumerate(modules) if not module.per_frame), len(modules))
+            if prefix:
+                h = _per_frame_chain(modules[:prefix], _to_frames(h), self.conv_in.out_channels)  # (B*T, C, h, w)
+                modules = modules[prefix:]
+        for module in modules:
+            h = _run(module, h, batch)  # (.., Ci, .., H_i, W_i); H, W halved by downsamples, T by 3D ones
         if h.dim() == 4:
             h = _to_video(h, batch)  # (B, C, t, h, w)
         h = self.mid(h)  # (B, C, t, h, w)
