@@ -71,6 +71,9 @@ class FilterConfig(StrictModel):
     """Aesthetic, motion and technical filtering (`t2v data filter`)."""
 
     workers: int = Field(0, ge=0)  # worker processes; 0 = one per CPU core
+    # Seconds one video may take to read and measure; past it the video is rejected as `timeout` and its
+    # worker process is replaced (a stalled read or a hung decoder must not stall the stage).
+    video_timeout_s: float = Field(120.0, gt=0)
     min_frames: int = Field(9, ge=1)  # the smallest frame bucket of the preset (4k+1 frames)
     min_side: int = Field(32, ge=1)  # pixels; below: too small
     max_aspect_ratio: float = Field(3.0, ge=1)  # long side / short side; above: extreme
