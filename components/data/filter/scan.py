@@ -2,9 +2,10 @@
 
 The file is trusted, not its annotation: frame count, fps, size and duration are measured while decoding
 with PyAV, one frame at a time, so memory stays bounded whatever the clip's length. Each frame is used in
-the decoder's own format: the luma (Y) plane is read in place, never converted to colour, and shrunk to a
-small grey work copy. Only the few frames the aesthetic scorer needs (evenly spaced, always first, middle
-and last) are converted to colour, at the size the scorer looks at. On the way:
+the decoder's own format: its luma (Y) plane is read in place, never converted to colour; brightness and
+histograms come from a grid sample of it, flow from a small copy of every stride-th frame. Only the few
+frames the aesthetic scorer needs (evenly spaced, always first, middle and last) are converted to colour,
+at the size the scorer looks at, as soon as they are decoded. On the way:
 
 - motion: dense optical flow (OpenCV Farnebäck) between frames a fixed time stride apart; the mean flow
   magnitude as a share of the frame diagonal per second, so the number means the same at every size and
@@ -55,7 +56,7 @@ class ProbeRejection(Exception):
 class ScanSettings:
     sample_frames: int = 3        # frames kept for the aesthetic score (first, ..., middle, ..., last)
     flow_stride_seconds: float = 0.25
-    work_size: int = 64           # long side of the grey copies for flicker and cuts (flow: half of it)
+    work_size: int = 64           # long side of the grey samples for flicker and cuts (flow: half of it)
 
 
 @dataclass
@@ -86,15 +87,22 @@ def _sample_positions(claimed_frames: int, count: int) -> set[int]:
     return {int(round(i * (claimed_frames - 1) / (count - 1))) for i in range(count)}
 
 
-def _luma(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) uint8 luma, a view of the decoder's own plane where possible, and the table to full range."""
-    if frame.format.name not in _LUMA_FIRST:
-        bgr = frame.to_ndarray(format="bgr24")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), _FULL_RANGE
-    plane = frame.planes[0]
-    rows = np.frombuffer(plane, np.uint8, count=plane.line_size * plane.height).reshape(plane.height, plane.line_size)
-    full = frame.format.name.startswith("yuvj") or frame.format.name == "gray" or frame.color_range == 2
-    return rows[:, :plane.width], _FULL_RANGE if full else _TV_TO_FULL
+class _LumaReader:
+    """A frame's (H, W) uint8 luma: a view of the decoder's own plane where the format allows (no copy, no
+    conversion), else converted. Decided once per video, from its first frame."""
+
+    def __init__(self, frame: av.VideoFrame):
+        name = frame.format.name
+        self.native = name in _LUMA_FIRST
+        full = not self.native or name.startswith("yuvj") or name == "gray" or frame.color_range == 2
+        self.table = _FULL_RANGE if full else _TV_TO_FULL  # luma level -> full-range grey
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        if not self.native:
+            return cv2.cvtColor(frame.to_ndarray(format="bgr24"), cv2.COLOR_BGR2GRAY)
+        plane = frame.planes[0]
+        rows = np.frombuffer(plane, np.uint8, count=plane.line_size * plane.height)
+        return rows.reshape(plane.height, plane.line_size)[:, :plane.width]
 
 
 def _flow(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -110,9 +118,10 @@ def _flow(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 class _ConsecutiveStats:
     """Brightness jumps and histogram distances between consecutive frames.
 
-    Each frame costs one 256-bin histogram of its work copy (as decoded, in luma levels); mean brightness
-    and the 32-bin full-range histograms follow from those, for a block of frames at once, with two small
-    matrix products. Cheaper than stretching every work copy and measuring it with several calls."""
+    Each frame costs one 256-bin histogram of a grid sample of its luma (every `step`-th pixel of every
+    `step`-th row, at most `work_size` a side: an unbiased sample of the frame's grey levels, no resizing);
+    mean brightness and the 32-bin full-range histograms follow from those, for a block of frames at once,
+    with two small matrix products."""
 
     def __init__(self, table: np.ndarray):
         self.level = table.astype(np.float64)  # (256,) full-range grey of each luma level
@@ -122,8 +131,8 @@ class _ConsecutiveStats:
         self.jumps: list[np.ndarray] = []
         self.distances: list[np.ndarray] = []
 
-    def add(self, work_copy: np.ndarray) -> None:
-        self.histograms.append(cv2.calcHist([work_copy], [0], None, [256], [0, 256]))
+    def add(self, grid: np.ndarray) -> None:
+        self.histograms.append(cv2.calcHist([grid], [0], None, [256], [0, 256]))
         if len(self.histograms) == _BLOCK:
             self.flush()
 
@@ -169,11 +178,10 @@ def _colour_image(frame: av.VideoFrame, long_side: int | None) -> np.ndarray:
     return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
 
 
-def _frame_sample(frame: av.VideoFrame, long_side: int | None) -> FrameSample:
-    luma, table = _luma(frame)
+def _frame_sample(frame: av.VideoFrame, long_side: int | None, luma: _LumaReader) -> FrameSample:
     top, left = max(0, (frame.height - NOISE_CROP) // 2), max(0, (frame.width - NOISE_CROP) // 2)
     return FrameSample(image=_colour_image(frame, long_side),
-                       luma_crop=table[luma[top:top + NOISE_CROP, left:left + NOISE_CROP]])
+                       luma_crop=cv2.LUT(luma(frame)[top:top + NOISE_CROP, left:left + NOISE_CROP], luma.table))
 
 
 def scan_video(source: str | BinaryIO, settings: ScanSettings, name: str, is_container: bool,
@@ -197,31 +205,31 @@ def scan_video(source: str | BinaryIO, settings: ScanSettings, name: str, is_con
         fps = float(rate) if rate else 0.0
         claimed_frames = stream.frames
         keep = _sample_positions(claimed_frames, settings.sample_frames)
-        samples: dict[int, av.VideoFrame] = {}
+        samples: dict[int, FrameSample] = {}
         stride = max(1, round(fps * settings.flow_stride_seconds)) if fps > 0 else 1
         flow_magnitudes: list[float] = []
-        stats = flow_anchor = last_frame = work_size = shape = None
-        index = 0
+        stats = flow_anchor = last_frame = work_size = shape = luma = None
+        index = step = 0
         try:
             for frame in container.decode(stream):
                 if shape is None:
-                    shape = (frame.height, frame.width)
+                    shape, luma = (frame.height, frame.width), _LumaReader(frame)
                     scale = min(1.0, settings.work_size / max(shape))
                     work_size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))  # (w, h)
-                    stats = _ConsecutiveStats(_luma(frame)[1])
+                    step = -(-max(shape) // settings.work_size)  # grid spacing: at most work_size a side
+                    stats = _ConsecutiveStats(luma.table)
                 elif (frame.height, frame.width) != shape:
                     raise ProbeRejection("corrupt", f"{name}: frame {index} is {(frame.height, frame.width)}, "
                                                     f"earlier ones {shape}")
-                if index in keep:
-                    samples[index] = frame
+                if index in keep:  # converted now: holding decoded frames makes the decoder allocate new ones
+                    samples[index] = _frame_sample(frame, sample_long_side, luma)
                 last_frame = frame
-                luma = _luma(frame)[0]
-                # Bilinear straight to the work size: its cost follows the small output, not the decoded
-                # frame. The aliasing it allows barely moves mean brightness, histograms or coarse flow.
-                grey = cv2.resize(luma, work_size, interpolation=cv2.INTER_LINEAR)  # (h, w) luma levels
-                stats.add(grey)
+                plane = luma(frame)  # (H, W) luma levels
+                stats.add(plane[::step, ::step])
                 if index % stride == 0:
-                    flow_grey = cv2.pyrDown(grey)  # (h/2, w/2)
+                    # Bilinear straight to the work size: its cost follows the small output, not the decoded
+                    # frame; the aliasing it allows barely moves coarse flow.
+                    flow_grey = cv2.pyrDown(cv2.resize(plane, work_size, interpolation=cv2.INTER_LINEAR))  # (h/2, w/2)
                     if flow_anchor is not None:
                         flow = _flow(flow_anchor, flow_grey)  # (h/2, w/2, 2) pixels
                         flow_magnitudes.append(cv2.mean(cv2.magnitude(flow[..., 0], flow[..., 1]))[0])
@@ -237,8 +245,8 @@ def scan_video(source: str | BinaryIO, settings: ScanSettings, name: str, is_con
         if not fps > 0:
             raise ProbeRejection("corrupt", f"{name}: the container declares no frame rate")
         stats.flush()
-        samples[index - 1] = last_frame
-        sampled = [_frame_sample(samples[i], sample_long_side) for i in sorted(samples)]
+        if index - 1 not in samples:  # the container's frame count was off: the last frame is still missing
+            samples[index - 1] = _frame_sample(last_frame, sample_long_side, luma)
 
     jumps, distances = np.concatenate(stats.jumps), np.concatenate(stats.distances)
     flow_h, flow_w = flow_anchor.shape
@@ -246,7 +254,8 @@ def scan_video(source: str | BinaryIO, settings: ScanSettings, name: str, is_con
     seconds_per_pair = stride / fps
     motion = float(np.mean(flow_magnitudes)) / diagonal / seconds_per_pair if flow_magnitudes else 0.0
     return VideoScan(
-        num_frames=index, fps=fps, height=shape[0], width=shape[1], samples=sampled, motion=motion,
+        num_frames=index, fps=fps, height=shape[0], width=shape[1], samples=[samples[i] for i in sorted(samples)],
+        motion=motion,
         flicker=float(np.median(jumps)) if jumps.size else 0.0,
         cut=float(distances.max()) if distances.size else 0.0,
     )
