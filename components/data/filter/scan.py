@@ -20,6 +20,7 @@ Grey levels are full range (0-255), as an RGB-to-grey conversion would give: lim
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -41,7 +42,7 @@ _LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444
                "yuv411p", "yuvj411p", "yuv410p", "yuva420p", "nv12", "nv21", "gray"}
 _FULL_RANGE = np.arange(256, dtype=np.uint8)
 _TV_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
-_BLOCK = 256  # frames per block of brightness and histogram statistics
+_BLOCK = 32  # frames per block of brightness and histogram statistics
 
 
 class ProbeRejection(Exception):
@@ -93,6 +94,7 @@ class _LumaReader:
 
     def __init__(self, frame: av.VideoFrame):
         name = frame.format.name
+        self.height, self.width = frame.height, frame.width  # the caller checks that every frame has them
         self.native = name in _LUMA_FIRST
         full = not self.native or name.startswith("yuvj") or name == "gray" or frame.color_range == 2
         self.table = _FULL_RANGE if full else _TV_TO_FULL  # luma level -> full-range grey
@@ -101,8 +103,7 @@ class _LumaReader:
         if not self.native:
             return cv2.cvtColor(frame.to_ndarray(format="bgr24"), cv2.COLOR_BGR2GRAY)
         plane = frame.planes[0]
-        rows = np.frombuffer(plane, np.uint8, count=plane.line_size * plane.height)
-        return rows.reshape(plane.height, plane.line_size)[:, :plane.width]
+        return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:self.height, :self.width]
 
 
 def _flow(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -115,40 +116,53 @@ def _flow(first: np.ndarray, second: np.ndarray) -> np.ndarray:
                                         poly_n=5, poly_sigma=1.1, flags=0)
 
 
+@functools.lru_cache(maxsize=16)
+def _block_rows(height: int, width: int) -> np.ndarray:
+    """(_BLOCK * height, width) uint8: each row of a block of grid samples labelled with its frame's slot."""
+    return np.repeat(np.arange(_BLOCK, dtype=np.uint8), height * width).reshape(_BLOCK * height, width)
+
+
 class _ConsecutiveStats:
     """Brightness jumps and histogram distances between consecutive frames.
 
-    Each frame costs one 256-bin histogram of a grid sample of its luma (every `step`-th pixel of every
-    `step`-th row, at most `work_size` a side: an unbiased sample of the frame's grey levels, no resizing);
-    mean brightness and the 32-bin full-range histograms follow from those, for a block of frames at once,
-    with two small matrix products."""
+    Each frame gives a grid sample of its luma (every `step`-th pixel of every `step`-th row, at most
+    `work_size` a side: an unbiased sample of its grey levels, taken without resizing), copied into a block.
+    Per block, one two-dimensional histogram (frame slot x luma level) gives every frame's 256-bin
+    histogram; mean brightness and the 32-bin full-range histograms follow from those."""
 
-    def __init__(self, table: np.ndarray):
+    def __init__(self, table: np.ndarray, grid_shape: tuple[int, int]):
         self.level = table.astype(np.float64)  # (256,) full-range grey of each luma level
-        self.to_bins = np.eye(32)[table >> 3]  # (256, 32) luma level -> full-range bin of width 8
-        self.histograms: list[np.ndarray] = []  # 256 float32 counts each, this block's
+        # The table is non-decreasing, so each 32-bin full-range bin gathers a run of luma levels.
+        self.bin_starts = np.flatnonzero(np.diff(table >> 3, prepend=-1))  # (32,)
+        self.block = np.empty((_BLOCK, *grid_shape), np.uint8)  # (N, h, w)
+        self.count = 0
         self.previous: tuple[np.ndarray, np.ndarray] | None = None  # last flushed frame's mean and histogram
         self.jumps: list[np.ndarray] = []
         self.distances: list[np.ndarray] = []
 
     def add(self, grid: np.ndarray) -> None:
-        self.histograms.append(cv2.calcHist([grid], [0], None, [256], [0, 256]))
-        if len(self.histograms) == _BLOCK:
+        self.block[self.count] = grid
+        self.count += 1
+        if self.count == _BLOCK:
             self.flush()
 
     def flush(self) -> None:
-        if not self.histograms:
+        if not self.count:
             return
-        counts = np.stack(self.histograms).reshape(len(self.histograms), 256).astype(np.float64)  # (N, 256)
-        counts /= counts[0].sum()
-        means, hists = counts @ self.level, counts @ self.to_bins  # (N,), (N, 32)
+        rows = self.count * self.block.shape[1]
+        slots = _block_rows(*self.block.shape[1:])[:rows]
+        levels = self.block.reshape(_BLOCK * self.block.shape[1], -1)[:rows]
+        counts = cv2.calcHist([slots, levels], [0, 1], None, [_BLOCK, 256], [0, _BLOCK, 0, 256])[:self.count]
+        counts = counts.astype(np.float64) / (self.block.shape[1] * self.block.shape[2])  # (N, 256) shares
+        means = (counts * self.level).sum(axis=1)  # (N,)
+        hists = np.add.reduceat(counts, self.bin_starts, axis=1)  # (N, 32)
         if self.previous is not None:
             means, hists = np.concatenate([self.previous[0], means]), np.concatenate([self.previous[1], hists])
         self.jumps.append(np.abs(np.diff(means)) / np.maximum(np.maximum(means[1:], means[:-1]), 1.0))
         # Bhattacharyya distance of normalised histograms, as cv2.compareHist(HISTCMP_BHATTACHARYYA).
         overlap = np.sqrt(hists[1:] * hists[:-1]).sum(axis=1)
         self.distances.append(np.sqrt(np.clip(1.0 - overlap, 0.0, None)))
-        self.previous, self.histograms = (means[-1:], hists[-1:]), []
+        self.previous, self.count = (means[-1:], hists[-1:]), 0
 
 
 def _shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -208,19 +222,20 @@ def scan_video(source: str | BinaryIO, settings: ScanSettings, name: str, is_con
         samples: dict[int, FrameSample] = {}
         stride = max(1, round(fps * settings.flow_stride_seconds)) if fps > 0 else 1
         flow_magnitudes: list[float] = []
-        stats = flow_anchor = last_frame = work_size = shape = luma = None
+        stats = flow_anchor = last_frame = work_size = luma = None
         index = step = 0
         try:
             for frame in container.decode(stream):
-                if shape is None:
-                    shape, luma = (frame.height, frame.width), _LumaReader(frame)
-                    scale = min(1.0, settings.work_size / max(shape))
-                    work_size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))  # (w, h)
-                    step = -(-max(shape) // settings.work_size)  # grid spacing: at most work_size a side
-                    stats = _ConsecutiveStats(luma.table)
-                elif (frame.height, frame.width) != shape:
-                    raise ProbeRejection("corrupt", f"{name}: frame {index} is {(frame.height, frame.width)}, "
-                                                    f"earlier ones {shape}")
+                if luma is None:
+                    luma = _LumaReader(frame)
+                    long_side = max(luma.height, luma.width)
+                    scale = min(1.0, settings.work_size / long_side)
+                    work_size = (max(1, round(luma.width * scale)), max(1, round(luma.height * scale)))  # (w, h)
+                    step = -(-long_side // settings.work_size)  # grid spacing: at most work_size a side
+                    stats = _ConsecutiveStats(luma.table, (-(-luma.height // step), -(-luma.width // step)))
+                elif frame.width != luma.width or frame.height != luma.height:
+                    raise ProbeRejection("corrupt", f"{name}: frame {index} is {frame.width}x{frame.height}, "
+                                                    f"earlier ones {luma.width}x{luma.height}")
                 if index in keep:  # converted now: holding decoded frames makes the decoder allocate new ones
                     samples[index] = _frame_sample(frame, sample_long_side, luma)
                 last_frame = frame
@@ -232,7 +247,7 @@ def scan_video(source: str | BinaryIO, settings: ScanSettings, name: str, is_con
                     flow_grey = cv2.pyrDown(cv2.resize(plane, work_size, interpolation=cv2.INTER_LINEAR))  # (h/2, w/2)
                     if flow_anchor is not None:
                         flow = _flow(flow_anchor, flow_grey)  # (h/2, w/2, 2) pixels
-                        flow_magnitudes.append(cv2.mean(cv2.magnitude(flow[..., 0], flow[..., 1]))[0])
+                        flow_magnitudes.append(cv2.mean(cv2.magnitude(*cv2.split(flow)))[0])
                     flow_anchor = flow_grey
                 index += 1
         except av.error.FFmpegError as exc:
@@ -254,7 +269,7 @@ def scan_video(source: str | BinaryIO, settings: ScanSettings, name: str, is_con
     seconds_per_pair = stride / fps
     motion = float(np.mean(flow_magnitudes)) / diagonal / seconds_per_pair if flow_magnitudes else 0.0
     return VideoScan(
-        num_frames=index, fps=fps, height=shape[0], width=shape[1], samples=[samples[i] for i in sorted(samples)],
+        num_frames=index, fps=fps, height=luma.height, width=luma.width, samples=[samples[i] for i in sorted(samples)],
         motion=motion,
         flicker=float(np.median(jumps)) if jumps.size else 0.0,
         cut=float(distances.max()) if distances.size else 0.0,
