@@ -51,7 +51,7 @@ class AestheticConfig(StrictModel):
     scorer: Literal["opencv", "laion"] = "opencv"
     # Reference thresholds for `laion`: 4.75 (Open-Sora Plan v1.3), 4.5 (Open-Sora). The `opencv` score
     # has its own scale: calibrated on the synthetic set (see presets/tiny.yaml).
-    min_score: float = 2.0
+    min_score: float = 2.85
     sample_frames: int = Field(3, ge=3)  # evenly through the clip, always first, middle and last
     laion: LaionConfig = LaionConfig()
 
@@ -62,7 +62,7 @@ class MotionConfig(StrictModel):
     min: float = Field(0.005, ge=0)  # below: static
     max: float = Field(1.0, gt=0)  # above: shaky or too fast
     stride_seconds: float = Field(0.25, gt=0)  # time between the frames of a flow pair
-    work_size: int = Field(64, ge=16)  # long side of the grey copies for flicker and cuts (flow at half of it)
+    work_size: int = Field(64, ge=16)  # long side of the grey samples for flicker and cuts (flow at half of it)
     max_flicker: float = Field(0.1, gt=0)  # median relative brightness jump between consecutive frames
     max_cut: float = Field(0.3, gt=0, le=1)  # largest histogram (Bhattacharyya) jump between consecutive frames
 
@@ -71,6 +71,9 @@ class FilterConfig(StrictModel):
     """Aesthetic, motion and technical filtering (`t2v data filter`)."""
 
     workers: int = Field(0, ge=0)  # worker processes; 0 = one per CPU core
+    # Seconds one video may take to read and measure; past it the video is rejected as `timeout` and its
+    # worker process is replaced (a stalled read or a hung decoder must not stall the stage).
+    video_timeout_s: float = Field(120.0, gt=0)
     min_frames: int = Field(9, ge=1)  # the smallest frame bucket of the preset (4k+1 frames)
     min_side: int = Field(32, ge=1)  # pixels; below: too small
     max_aspect_ratio: float = Field(3.0, ge=1)  # long side / short side; above: extreme

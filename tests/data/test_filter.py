@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,30 @@ def test_bad_input_never_crashes_and_every_entry_lands_once(messy_dataset, tmp_p
         # Probed facts match the file (the synthetic annotations are truthful).
         assert entry["num_frames"] == original["num_frames"] and entry["resolution"] == original["resolution"]
         assert entry["fps"] == pytest.approx(original["fps"])
+
+
+def test_a_stalled_read_is_rejected_as_timeout_and_the_rest_go_on(synth_shapes: Path, tmp_path: Path) -> None:
+    """A named pipe that nobody writes to blocks the open() system call for ever, as a read from a stalled
+    network mount does: the stage stops the stuck worker after the limit and goes on with a new one."""
+    good = good_clips(synth_shapes, 2)
+    (tmp_path / "videos").mkdir()
+    for entry in good:
+        shutil.copy(synth_shapes / entry["path"], tmp_path / entry["path"])
+    os.mkfifo(tmp_path / "videos/stalled.mp4")
+    entries = [good[0], {**good[0], "path": "videos/stalled.mp4"}, good[1]]
+    (tmp_path / "annotations.json").write_text(json.dumps(entries))
+    started = time.monotonic()
+    summary = run_filter(str(tmp_path / "annotations.json"), str(tmp_path / "out"),
+                         overrides=[*ONE_WORKER, "filter.video_timeout_s=2"])
+    assert time.monotonic() - started < 30
+    assert summary["num_kept"] == 2 and summary["reasons"] == {"timeout": 1}
+    kept = json.loads((tmp_path / "out/kept.json").read_text())
+    assert [e["source_path"] for e in kept] == [good[0]["path"], good[1]["path"]]
+    (stalled,) = json.loads((tmp_path / "out/rejected.json").read_text())
+    assert stalled["index"] == 1 and stalled["reason"] == "timeout"
+    assert str(tmp_path / "videos/stalled.mp4") in stalled["message"] and "video_timeout_s = 2 s" in stalled["message"]
+    # A timeout is not a measurement: nothing is cached for it, so a later run tries the file again.
+    assert len(list((tmp_path / "out/cache").glob("*.json"))) == 2
 
 
 def test_measured_facts_replace_false_claims(synth_shapes: Path, tmp_path: Path) -> None:

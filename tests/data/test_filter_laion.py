@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from components.data.filter import run_filter
-from components.data.filter.aesthetic import LaionAesthetic, aesthetic_head
+from components.data.filter.aesthetic import FrameSample, LaionAesthetic, aesthetic_head
 
 PUBLIC_HEAD_KEYS = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
 
@@ -52,8 +52,9 @@ def test_score_is_head_of_the_normalised_embedding(tiny_laion) -> None:
         unit = raw / raw.norm(dim=-1, keepdim=True)
         expected = scorer.head(unit).mean().item()
         unnormalised = scorer.head(raw).mean().item()
-    assert scorer(frames) == pytest.approx(expected, abs=1e-5)
-    assert scorer(frames) != pytest.approx(unnormalised, abs=1e-3)  # normalisation is not skipped
+    samples = [FrameSample(image=f, luma_crop=f[..., 1]) for f in frames]
+    assert scorer(samples) == pytest.approx(expected, abs=1e-5)
+    assert scorer(samples) != pytest.approx(unnormalised, abs=1e-3)  # normalisation is not skipped
     assert torch.allclose(scorer.embed(frames).norm(dim=-1), torch.ones(3), atol=1e-5)
 
 

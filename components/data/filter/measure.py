@@ -2,6 +2,7 @@
 
 Measurements, not decisions, are cached (keyed by the file's sha256 and the hash of the settings that
 change a measurement), so changing a threshold re-decides from the cache without decoding anything.
+A local file is opened once: hashed, then decoded from the same handle.
 """
 
 from __future__ import annotations
@@ -10,17 +11,27 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO
 
 from components.core import storage
-from components.data.filter.scan import ProbeRejection, ScanSettings, scan_video
+from components.data.filter.scan import (
+    SIGNATURE_BYTES,
+    ProbeRejection,
+    ScanSettings,
+    looks_like_video,
+    scan_video,
+)
 
 _SCORERS: dict[str, Any] = {}  # one scorer per worker process, built on first use
+# Part of every cache key: bump it when what a measurement means changes (2: PyAV decoding, full-range
+# luma statistics, colour samples area-filtered from the decoder's planes).
+MEASUREMENT_VERSION = 2
 
 
 def measurement_key(settings: dict[str, Any]) -> str:
     """Hash of what changes a measurement (scan settings and the aesthetic scorer), not the thresholds."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    keyed = {"version": MEASUREMENT_VERSION, **settings}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def scorer(aesthetic: dict[str, Any]):
@@ -34,9 +45,20 @@ def scorer(aesthetic: dict[str, Any]):
     return _SCORERS[key]
 
 
-def _measure_local(path: str, settings: dict[str, Any]) -> dict[str, Any]:
-    scan = scan_video(path, ScanSettings(**settings["scan"]))
-    aesthetic = scorer(settings["aesthetic"])(scan.samples)
+def warm_up(aesthetic: dict[str, Any]) -> None:
+    """Worker-process set-up, before it takes videos: one OpenCV thread (the pool runs one worker per
+    core), and the scorer built (loading a model must not count against a video's time limit)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    scorer(aesthetic)
+
+
+def _measure_open(handle: BinaryIO, head: bytes, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    aesthetic_scorer = scorer(settings["aesthetic"])
+    scan = scan_video(handle, ScanSettings(**settings["scan"]), name, looks_like_video(head),
+                      aesthetic_scorer.input_long_side)
+    aesthetic = aesthetic_scorer(scan.samples)
     return {
         "num_frames": scan.num_frames, "fps": round(scan.fps, 6), "duration": round(scan.duration, 6),
         "resolution": {"height": scan.height, "width": scan.width},
@@ -72,29 +94,37 @@ def _write_cache(cache_uri: str, result: dict[str, Any]) -> None:
 
 
 def _measure_file(local: str, uri: str, settings: dict[str, Any], cache_dir: str) -> dict[str, Any]:
-    sha = storage.sha256_file(local)
-    cache_uri = storage.join(cache_dir, f"{sha}-{measurement_key(settings)}.json")
-    cached = _read_cache(cache_uri)
-    if cached is not None:
-        return {**cached, "cached": True}
+    # Opening is the existence check: a path that is no file fails here, and one whose reads block (a
+    # stalled network mount, a named pipe) blocks here, where the stage's per-video timeout catches it.
     try:
-        result = {"sha256": sha, "measured": _measure_local(local, settings)}
-    except ProbeRejection as rejection:
-        result = {"sha256": sha, "reason": rejection.reason, "message": str(rejection).replace(local, uri)}
+        handle = open(local, "rb")  # noqa: SIM115  (closed below, after hashing and decoding)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return {"sha256": None, "reason": "missing_file", "message": f"no file at {uri}", "cached": False}
+    with handle:
+        head = handle.read(SIGNATURE_BYTES)
+        if not head:
+            return {"sha256": None, "reason": "empty_file", "message": f"{uri} has zero bytes", "cached": False}
+        sha = hashlib.file_digest(handle, lambda: hashlib.sha256(head)).hexdigest()
+        cache_uri = storage.join(cache_dir, f"{sha}-{measurement_key(settings)}.json")
+        cached = _read_cache(cache_uri)
+        if cached is not None:
+            return {**cached, "cached": True}
+        handle.seek(0)
+        try:
+            result = {"sha256": sha, "measured": _measure_open(handle, head, uri, settings)}
+        except ProbeRejection as rejection:
+            result = {"sha256": sha, "reason": rejection.reason, "message": str(rejection)}
     _write_cache(cache_uri, result)
     return {**result, "cached": False}
 
 
 def measure_video(uri: str, settings: dict[str, Any], cache_dir: str) -> dict[str, Any]:
     """`{"sha256", "measured", "cached"}` or `{"sha256", "reason", "message", "cached"}`; never raises for bad input."""
-    missing = {"sha256": None, "reason": "missing_file", "cached": False}
     if not storage.is_s3(uri):
-        if not os.path.isfile(uri):
-            return {**missing, "message": f"no file at {uri}"}
         return _measure_file(uri, uri, settings, cache_dir)
     if not storage.exists(uri):
-        return {**missing, "message": f"no object at {uri}"}
-    with tempfile.TemporaryDirectory(prefix="t2v-filter-") as tmp:  # probe a local copy, then drop it
+        return {"sha256": None, "reason": "missing_file", "message": f"no object at {uri}", "cached": False}
+    with tempfile.TemporaryDirectory(prefix="t2v-filter-") as tmp:  # measure a local copy, then drop it
         local = str(storage.get_file(uri, os.path.join(tmp, "video")))
         return _measure_file(local, uri, settings, cache_dir)
 

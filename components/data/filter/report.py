@@ -48,7 +48,7 @@ def build_report(config: FilterConfig, num_entries: int, kept: list[dict], rejec
                        "motion.min": config.motion.min, "motion.max": config.motion.max,
                        "motion.max_flicker": config.motion.max_flicker, "motion.max_cut": config.motion.max_cut,
                        "min_frames": config.min_frames, "min_side": config.min_side,
-                       "max_aspect_ratio": config.max_aspect_ratio},
+                       "max_aspect_ratio": config.max_aspect_ratio, "video_timeout_s": config.video_timeout_s},
         "throughput": throughput,
         "metrics": metrics,
     }

@@ -4,8 +4,10 @@ Order of checks (the first that fails is the reason):
 1. the entry itself, without touching files: not an object (`bad_entry`), a path that escapes the dataset
    folder (`path_escapes`), a missing/empty/non-text caption (`bad_caption`), the same path twice
    (`duplicate`);
-2. the file (measured in worker processes, see `measure.py`): `missing_file`, `empty_file`, `not_a_video`,
-   `corrupt` (truncated or damaged), or `error` (a decoder or scorer failure, with the exception);
+2. the file (measured in worker processes, see `measure.py` and `pool.py`): `missing_file`, `empty_file`,
+   `not_a_video`, `corrupt` (truncated or damaged), `timeout` (not measured within
+   `filter.video_timeout_s`: a read or decoder that stalls), or `error` (a decoder or scorer failure, with
+   the exception, or a worker process that died);
 3. the measurements against the preset's thresholds (`decide`);
 4. the same content (sha256) as an earlier kept entry (`duplicate`).
 
@@ -17,13 +19,11 @@ annotations folder), recorded in the manifest as well. The probed facts (`num_fr
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,15 @@ from components.core import manifest, storage, tracking
 from components.core.config import config_hash
 from components.data.annotations import annotations_root, caption_text, contained_path
 from components.data.config import FilterConfig, load_data_config
-from components.data.filter.measure import measure_job, measurement_key
-from components.data.filter.measure import scorer as measure_scorer
+from components.data.filter.aesthetic import build_scorer
+from components.data.filter.measure import measure_job, measurement_key, warm_up
+from components.data.filter.pool import Failure, run_jobs
 from components.data.filter.report import build_report, write_histograms, write_markdown
 
 log = logging.getLogger(__name__)
 
 ENTRY_REASONS = ("bad_entry", "path_escapes", "bad_caption", "duplicate")
-FILE_REASONS = ("missing_file", "empty_file", "not_a_video", "corrupt", "error")
+FILE_REASONS = ("missing_file", "empty_file", "not_a_video", "corrupt", "timeout", "error")
 SCORE_REASONS = ("too_few_frames", "too_small", "extreme_aspect", "flicker", "scene_cut", "static",
                  "too_much_motion", "low_aesthetic")
 REASONS = ENTRY_REASONS + FILE_REASONS + SCORE_REASONS
@@ -101,48 +102,28 @@ def _check_entry(index: int, entry: Any, root: str, seen: dict[str, int]) -> tup
     return uri, "", ""
 
 
-def _spawn_pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: workers may hold torch (laion scorer), which does not survive a fork well.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-
-
-def _measure_alone(job: tuple, job_fn: Callable) -> dict[str, Any]:
-    try:
-        with _spawn_pool(1) as pool:
-            return pool.submit(job_fn, job).result()[1]
-    except BrokenProcessPool:
-        return {"sha256": None, "reason": "error", "cached": False,
-                "message": f"{job[1]}: the worker process died while measuring this video (decoder crash?)"}
-
-
-def measure_all(jobs: list[tuple[int, str, dict, str]], workers: int,
-                job_fn: Callable = measure_job) -> dict[int, dict[str, Any]]:
-    """`{index: result}` for every job, in worker processes when `workers` > 1.
-
-    A worker that dies (a decoder crashing on some file) breaks the whole pool, and which video killed it
-    is unknown: every unfinished video is then measured alone in a fresh one-worker pool, so the culprit
-    is rejected (`error`) and the others are measured. Slow, but only after a crash."""
+def measure_all(jobs: list[tuple[int, str, dict, str]], workers: int, timeout_s: float,
+                job_fn: Callable = measure_job, initializer: Callable[[], None] | None = None) -> dict[int, dict[str, Any]]:
+    """`{index: result}` for every job, measured in worker processes (always: only a separate process can
+    be stopped when a decoder hangs inside C code). A video whose worker passes `timeout_s` is rejected as
+    `timeout`, one whose worker dies (a decoder crash) as `error`; the worker is replaced and the other
+    videos go on."""
     results: dict[int, dict[str, Any]] = {}
-    progress = tqdm(total=len(jobs), desc="filter", unit="video", disable=None)
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            index, result = job_fn(job)
-            results[index] = result
+    with tqdm(total=len(jobs), desc="filter", unit="video", disable=None) as progress:
+        for job, outcome in run_jobs(jobs, workers, job_fn, timeout_s, initializer):
+            index, uri = job[0], job[1]
+            if not isinstance(outcome, Failure):
+                results[index] = outcome[1]
+            elif outcome.timed_out:
+                results[index] = {"sha256": None, "reason": "timeout", "cached": False,
+                                  "message": f"{uri}: not measured within filter.video_timeout_s = {timeout_s:g} s "
+                                             "(reading or decoding stalled); its worker process was stopped"}
+            else:
+                log.warning("filter: a worker process died measuring %s (exit code %s)", uri, outcome.exit_code)
+                results[index] = {"sha256": None, "reason": "error", "cached": False,
+                                  "message": f"{uri}: the worker process died while measuring this video "
+                                             f"(exit code {outcome.exit_code}; a decoder crash?)"}
             progress.update()
-    else:
-        try:
-            with _spawn_pool(workers) as pool:
-                for future in as_completed([pool.submit(job_fn, job) for job in jobs]):
-                    index, result = future.result()
-                    results[index] = result
-                    progress.update()
-        except BrokenProcessPool:
-            unfinished = [job for job in jobs if job[0] not in results]
-            log.warning("filter: a worker process died; measuring %d unfinished videos one by one", len(unfinished))
-            for job in unfinished:
-                results[job[0]] = _measure_alone(job, job_fn)
-                progress.update()
-    progress.close()
     return results
 
 
@@ -171,9 +152,10 @@ def run_filter(
 
     settings = measurement_settings(config)
     if config.aesthetic.scorer == "laion":
-        # Fail on missing weights here, once, not as one `error` per video; the in-process path
-        # (workers=1, the sensible choice for a large model on one device) reuses this instance.
-        measure_scorer(settings["aesthetic"])
+        # Fail on missing weights here, once, not as one failed worker per video (each worker process
+        # builds its own copy before taking videos; workers=1 is the sensible choice for a large model on
+        # one device).
+        build_scorer(config.aesthetic)
     root = annotations_root(annotations)
     cache_dir = storage.join(out, "cache")
     workers = config.workers or os.cpu_count() or 1
@@ -190,7 +172,8 @@ def run_filter(
                 rejected.append({"index": index, "entry": entry, "reason": reason, "message": message})
             else:
                 jobs.append((index, uri, settings, cache_dir))
-        results = measure_all(jobs, min(workers, max(1, len(jobs))))
+        results = measure_all(jobs, workers, config.video_timeout_s,
+                              initializer=functools.partial(warm_up, settings["aesthetic"]))
         elapsed = time.perf_counter() - started
 
         kept, kept_by_sha, measured_rows = [], {}, []
