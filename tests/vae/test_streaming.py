@@ -76,3 +76,15 @@ def test_nearest_upsample_conv_equals_upsample_then_conv(height, width):
         result = NearestUpsampleConv(weight, bias)(x)
     assert result.shape == (2, 6, 2 * height, 2 * width)
     assert _relative_error(result, expected) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5, 6, 7), (6, 16, 9, 10)])
+def test_group_moments_match_float64_statistics(monkeypatch, shape):
+    """Blocked, shifted sums over a channels-last tensor with a large mean (the cancellation case)."""
+    monkeypatch.setattr(streaming, "STATS_BLOCK_BYTES", 256)  # many blocks, a partial last one
+    torch.manual_seed(0)
+    x = channels_last(torch.randn(shape) * 0.01 + torch.linspace(-50, 50, shape[1]).view(1, -1, *[1] * (len(shape) - 2)))
+    var, mean = streaming.group_moments(x, 4)
+    grouped = x.double().reshape(shape[0], 4, -1)
+    torch.testing.assert_close(var.double(), grouped.var(2, correction=0), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(mean.double(), grouped.mean(2), rtol=1e-6, atol=1e-6)
