@@ -19,8 +19,6 @@ import copy
 import hashlib
 import logging
 import math
-import os
-import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +42,6 @@ log = logging.getLogger(__name__)
 STAGES = {1: "vae-phase1", 2: "vae-phase2"}
 REGISTERED_MODEL = "t2v-vae"
 LAST_LAYER = "decoder.conv_out.conv.weight"  # the adaptive GAN weight's reference layer (§1.9)
-KILL_AT_STEP_ENV = "T2V_VAE_TEST_KILL_AT_STEP"  # test hook: SIGKILL this process after that step
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -280,7 +277,6 @@ class _Trainer:
 
     def _fit(self) -> None:
         cfg = self.train_cfg
-        kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "-1"))
         while self.step < self.total_steps:
             use_gan = self.step >= cfg.disc_start
             generator_turn = not use_gan or (self.step - cfg.disc_start) % 2 == 0
@@ -304,8 +300,6 @@ class _Trainer:
                 self._log_samples(*self.last_reconstruction)
             if self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
                 self._save_checkpoint()
-            if self.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
 
     # ----------------------------------------------------------------------- steps
 

@@ -15,13 +15,15 @@ import tempfile
 import pytest
 
 from components.core import manifest, storage, tracking
+from components.vae.trainer_state import checkpoint_uri
 from flows.stages import chain
 from tests.e2e.conftest import REPO, Stack
+from tests.killing import kill_when_file_appears
 from tests.servers import chromium
 
 pytestmark = pytest.mark.slow
 
-# Tiny data and few steps (a checkpoint every 2 steps, so a kill at step 3 has one to resume from).
+# Tiny data and few steps (a checkpoint every 2 steps, so a kill after step 2 has one to resume from).
 VAE_OVERRIDES = ["vae.train.phase1.steps=4", "vae.train.phase2.steps=2", "vae.train.disc_start=2",
                  "vae.train.checkpoint_every=2", "vae.train.sample_every=1000", "vae.eval.max_clips=2"]
 PARAMETERS = {"num": 12, "seed": 3, "overrides": VAE_OVERRIDES}
@@ -125,18 +127,25 @@ def test_second_run_skips_every_stage(first_run, stack: Stack, stack_env):
 
 
 def test_killed_during_vae_training_resumes_to_the_same_weights(first_run, stack: Stack, stack_env):
-    from components.vae.train import KILL_AT_STEP_ENV
-
     run_root = f"{stack.bucket}/crashed"
-    # In-process run (`python -m flows run`) that dies by SIGKILL after VAE phase-1 step 3 (checkpoint at 2).
+    phase1 = f"{run_root}/vae-phase1"
+    # In-process run (`python -m flows run`), SIGKILLed by this test as soon as VAE phase 1's step-2
+    # checkpoint object is in the bucket: between two checkpoints, as the next one is the final step 4.
     sets = [arg for override in VAE_OVERRIDES for arg in ("--set", override)]
-    killed = subprocess.run(
-        [sys.executable, "-m", "flows", "run", "--run-root", run_root, "--num", str(PARAMETERS["num"]),
-         "--seed", str(PARAMETERS["seed"]), *sets],
-        cwd=REPO, env={**stack.env, KILL_AT_STEP_ENV: "3"}, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -9, killed.stderr[-4000:]
-    assert manifest.read_manifest(f"{run_root}/vae-phase1") is None
-    assert storage.list_files(f"{run_root}/vae-phase1/checkpoints")
+    log = stack.logs / "killed-run.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows", "run", "--run-root", run_root, "--num", str(PARAMETERS["num"]),
+             "--seed", str(PARAMETERS["seed"]), *sets],
+            cwd=REPO, env=stack.env, stdout=handle, stderr=subprocess.STDOUT)
+    kill_when_file_appears(proc, lambda: storage.exists(checkpoint_uri(phase1, 2)), timeout=600, log=log,
+                           poll_seconds=0.02)  # each poll is also an HTTP HEAD of a few ms
+    assert proc.returncode == -9, log.read_text()[-4000:]
+    found = [storage.relative_to(uri, phase1) for uri in storage.list_files(f"{phase1}/checkpoints")]
+    assert "checkpoints/step-4.pt" not in found, (
+        f"the kill landed after the final checkpoint ({found}): it must fall between steps 2 and 4")
+    assert manifest.read_manifest(phase1) is None
+    assert found == ["checkpoints/step-0.pt", "checkpoints/step-2.pt"]
 
     # Started again on the worker, each stage a flow run of its own deployment (t2v-<stage>/local):
     # the data stages skip, phase 1 resumes from its checkpoint (and its interrupted MLflow run).

@@ -1,9 +1,10 @@
 """Exact resume: a run killed with SIGKILL and restarted ends with the same bits as an uninterrupted run.
 
-Each run is its own process (`python -c`, single-threaded, CPU fp32) with the stand-in loader; the kill
-comes from the trainer's test hook (`T2V_VAE_TEST_KILL_AT_STEP`), a real SIGKILL at a step that is not a
-checkpoint step, so the resumed run has to replay steps from the last checkpoint, including a pending
-discriminator step's clip and reconstruction.
+Each run is its own process (`python -c`, single-threaded, CPU fp32) with the stand-in loader. The test
+kills the trainer from the outside (SIGKILL) right after the step-5 checkpoint appears, so the kill lands
+between two checkpoints (the next is the final one at step 10, five steps later) and the resumed run has
+to replay steps from step 5, including the pending discriminator step's clip and reconstruction that the
+step-5 checkpoint carries (step 4 was a generator step with the GAN on).
 """
 
 import os
@@ -16,11 +17,14 @@ import torch
 
 from components.core import tracking
 from components.vae.trainer_state import load_checkpoint
+from tests.killing import kill_when_file_appears
 from tests.vae.standin import write_fake_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
+STEPS, CHECKPOINT_EVERY = 10, 5  # about 0.2 s a step here: the kill has about 1 s to land in
 OVERRIDES = ["model.hidden_size=8", "data.bucket=9x32x32", "train.discriminator.base_channels=4",
-             "train.phase1.steps=8", "train.checkpoint_every=3", "train.disc_start=2", "train.sample_every=100"]
+             f"train.phase1.steps={STEPS}", f"train.checkpoint_every={CHECKPOINT_EVERY}", "train.disc_start=2",
+             "train.sample_every=100"]
 SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
@@ -31,13 +35,21 @@ train_vae(1, sys.argv[1], sys.argv[2], overrides=sys.argv[3:])
 """
 
 
-def _train(data: Path, out: Path, home: Path, kill_at: int | None = None) -> subprocess.CompletedProcess:
+def _start(data: Path, out: Path, home: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "T2V_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    if kill_at is not None:
-        env["T2V_VAE_TEST_KILL_AT_STEP"] = str(kill_at)
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(data), str(out), *OVERRIDES], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    with open(log, "w") as handle:  # a file, not a pipe: a full pipe would stall the trainer
+        return subprocess.Popen([sys.executable, "-c", SCRIPT, str(data), str(out), *OVERRIDES], cwd=ROOT, env=env,
+                                stdout=handle, stderr=subprocess.STDOUT)
+
+
+def _train(data: Path, out: Path, home: Path, log: Path) -> None:
+    proc = _start(data, out, home, log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+
+def _checkpoints(out: Path) -> list[str]:
+    return sorted((p.name for p in (out / "checkpoints").glob("*.pt")), key=lambda name: int(name[5:-3]))
 
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
@@ -45,17 +57,21 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
     data = write_fake_manifest(tmp_path)
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
 
-    done = _train(data, straight, home)
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = _train(data, interrupted, home, kill_at=5)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    _train(data, straight, home, tmp_path / "straight.log")
+    proc = _start(data, interrupted, home, tmp_path / "killed.log")
+    kill_when_file_appears(proc, interrupted / "checkpoints" / f"step-{CHECKPOINT_EVERY}.pt", timeout=300,
+                           log=tmp_path / "killed.log")
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    found = _checkpoints(interrupted)
+    assert f"step-{STEPS}.pt" not in found, (
+        f"the kill landed after the next checkpoint ({found}): it must fall between step {CHECKPOINT_EVERY} "
+        f"and step {STEPS}; make the steps slower (a bigger clip or model in OVERRIDES)")
     assert not (interrupted / "manifest.json").exists()  # a killed run leaves nothing that looks finished
-    assert sorted(p.name for p in (interrupted / "checkpoints").glob("*.pt")) == ["step-0.pt", "step-3.pt"]
-    resumed = _train(data, interrupted, home)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert found == ["step-0.pt", f"step-{CHECKPOINT_EVERY}.pt"]
+    _train(data, interrupted, home, tmp_path / "resumed.log")
 
-    reference = load_checkpoint(str(straight / "checkpoints" / "step-8.pt"))
-    result = load_checkpoint(str(interrupted / "checkpoints" / "step-8.pt"))
+    reference = load_checkpoint(str(straight / "checkpoints" / f"step-{STEPS}.pt"))
+    result = load_checkpoint(str(interrupted / "checkpoints" / f"step-{STEPS}.pt"))
     for group in ("generator", "discriminator"):
         for name, value in reference[group].items():
             assert torch.equal(result[group][name], value), f"{group}.{name}"
@@ -70,7 +86,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
 
     # The resumed run continued the interrupted MLflow run and logged the resume as an event.
     events = (interrupted / "events.jsonl").read_text()
-    assert '"event": "resume"' in events and "step-3.pt" in events
+    assert '"event": "resume"' in events and f"step-{CHECKPOINT_EVERY}.pt" in events
     monkeypatch.setenv("T2V_HOME", str(home))
     run = tracking.get_run(result["mlflow_run_id"])
     assert run["status"] == "FINISHED" and run["tags"]["resumed"] == "true"
