@@ -27,6 +27,7 @@ from components.vae.config import VAEModelConfig
 from components.vae.posterior import DiagonalGaussian
 from components.vae.streaming import (
     FastConv2d,
+    Frames,
     NearestUpsampleConv,
     Transform,
     causal_conv_stream,
@@ -253,7 +254,7 @@ class SpatialUpsample2x(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
         if _no_grad():  # frame-local (kernel 1 in time): sub-pixel convs, chunk by chunk over frames
             upsample_conv = NearestUpsampleConv(self.conv.conv.weight[:, :, 0], self.conv.conv.bias)
-            frames = map_chunks(upsample_conv, _to_frames(x), 0)  # (B*T, C, 2H, 2W)
+            frames = map_chunks(upsample_conv, _to_frames(x), 0, growth=4)  # (B*T, C, 2H, 2W)
             return _to_video(frames, x.shape[0])  # (B, C, T, 2H, 2W)
         x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, C, T, 2H, 2W)
         return self.conv.conv(x)  # (B, C, T, 2H, 2W), kernel (1, 3, 3): no causal padding needed
@@ -273,11 +274,35 @@ class Spatial2xTime2x3DUpsample(nn.Module):
         self.conv = CausalConv3d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        if _no_grad():  # the conv reads upsampled frames as it goes: the 8x larger input is never stored
+            batch, channels, frames, height, width = x.shape
+            upsampled = Frames(1 + 2 * (frames - 1), batch * channels * 4 * height * width * x.element_size(),
+                               4 * height * width, lambda start, stop: self._upsampled(x, start, stop))
+            return self.conv.stream(upsampled)  # (B, C, 1 + 2(T-1), 2H, 2W)
         first = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2), mode=self.mode)  # (B, C, 1, 2H, 2W)
         if x.shape[2] > 1:
             rest = F.interpolate(x[:, :, 1:], scale_factor=(2, 2, 2), mode=self.mode)  # (B, C, 2(T-1), 2H, 2W)
             first = torch.cat([first, rest], dim=2)  # (B, C, 1 + 2(T-1), 2H, 2W)
         return self.conv(first)  # (B, C, 1 + 2(T-1), 2H, 2W)
+
+    def _upsampled(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Frames [start, stop) of the upsampled video, from the few input frames they depend on.
+
+        Upsampled frame 1 + j is interpolated at input frame 1 + j/2 - 1/4, so it reads frames 1 + j//2
+        and its neighbour: interpolating a slice with one frame of context on each side gives the same
+        values as interpolating the whole video (the slice starts at an even output frame, so the
+        interpolation weights are the same), except at the context frames, which are cropped.
+        """
+        pieces = []
+        if start == 0:
+            pieces.append(F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2), mode=self.mode))  # (B, C, 1, 2H, 2W)
+        rest = x[:, :, 1:]  # (B, C, L, H, W)
+        first, last = max(start - 1, 0), stop - 1  # range of rest-frame outputs j
+        if last > first:
+            lo, hi = max(first // 2 - 1, 0), min((last - 1) // 2 + 2, rest.shape[2])
+            window = F.interpolate(rest[:, :, lo:hi], scale_factor=(2, 2, 2), mode=self.mode)
+            pieces.append(window[:, :, first - 2 * lo:last - 2 * lo])  # (B, C, last - first, 2H, 2W)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
 
 # --------------------------------------------------------------------------- encoder and decoder (§1.3-1.4)

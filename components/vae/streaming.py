@@ -18,6 +18,7 @@ give the same numbers up to float rounding (tests compare them). What is done he
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +43,10 @@ def empty_channels_last(shape: tuple[int, ...], like: torch.Tensor) -> torch.Ten
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
 
 
-def chunk_length(x: torch.Tensor, dim: int, length: int) -> int:
+def chunk_length(frame_bytes: int, length: int) -> int:
     """Frames per chunk: as few equal chunks as keep each under CHUNK_BYTES (at least one frame)."""
-    frame_bytes = x.numel() // max(x.shape[dim], 1) * x.element_size()
     chunks = -(-length * frame_bytes // CHUNK_BYTES)  # ceil
-    return -(-length // max(chunks, 1))
+    return max(-(-length // max(chunks, 1)), 1)
 
 
 def group_moments(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,11 +100,13 @@ def norm_silu_transform(norm: nn.GroupNorm, x: torch.Tensor, per_frame: bool) ->
 
 
 def map_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int,
-               out: torch.Tensor | None = None, transform: Transform | None = None) -> torch.Tensor:
+               out: torch.Tensor | None = None, transform: Transform | None = None,
+               growth: int = 1) -> torch.Tensor:
     """`fn` applied to chunks of slices of `x` along `dim` (a frame-local fn: output frame i
-    depends on input frame i only), written into a new tensor or added into `out`."""
+    depends on input frame i only), written into a new tensor or added into `out`. `growth`: output
+    bytes per input byte when `fn` enlarges frames (an upsampler), so chunks are sized by the larger."""
     length, accumulate = x.shape[dim], out is not None
-    step = chunk_length(x, dim, length)
+    step = chunk_length(x.numel() // max(length, 1) * x.element_size() * growth, length)
     for start in range(0, length, step):
         stop = min(start + step, length)
         piece = x.narrow(dim, start, stop - start)
@@ -219,7 +221,27 @@ def _stack_frames(piece: torch.Tensor) -> torch.Tensor:
             .reshape(batch, height, width, frames * channels).permute(0, 3, 1, 2))
 
 
-def causal_conv_stream(conv: nn.Conv3d, front: int, x: torch.Tensor, transform: Transform | None = None,
+@dataclass(frozen=True)
+class Frames:
+    """The input of a streamed convolution, produced a range of frames at a time: a stored tensor's
+    slices (`tensor_frames`) or frames computed on demand (e.g. upsampled), never all at once."""
+
+    count: int  # frames
+    frame_bytes: int  # bytes of one frame (all batch entries)
+    frame_pixels: int  # H * W
+    read: Callable[[int, int], torch.Tensor]  # (start, stop) -> (B, C, stop - start, H, W)
+
+
+def tensor_frames(x: torch.Tensor, transform: Transform | None = None) -> Frames:
+    """Frames of `x` (B, C, T, H, W), mapped by `transform(piece, start, stop)` if given."""
+    def read(start: int, stop: int) -> torch.Tensor:
+        piece = x[:, :, start:stop]
+        return piece if transform is None else transform(piece, start, stop)
+
+    return Frames(x.shape[2], x[:, :, :1].numel() * x.element_size(), x.shape[3] * x.shape[4], read)
+
+
+def causal_conv_stream(conv: nn.Conv3d, front: int, x: torch.Tensor | Frames, transform: Transform | None = None,
                        out: torch.Tensor | None = None, accumulate: bool = True) -> torch.Tensor:
     """Causal 3D convolution of `x` (B, Cin, T, H, W) with frame 0 replicated `front` times in front,
     computed over chunks of output frames into channels-last `out` (B, Cout, T_out, H', W').
@@ -227,20 +249,19 @@ def causal_conv_stream(conv: nn.Conv3d, front: int, x: torch.Tensor, transform: 
     `transform(piece, start, stop)` maps each input slice before padding (e.g. GroupNorm + swish);
     with `out`, results are added into it (residual connections), or written when not `accumulate`.
     """
-    kernels = CausalConvKernels(conv, front, x.shape[3] * x.shape[4])
-    kt, stride, frames = conv.kernel_size[0], conv.stride[0], x.shape[2]
+    source = x if isinstance(x, Frames) else tensor_frames(x, transform)
+    kernels = CausalConvKernels(conv, front, source.frame_pixels)
+    kt, stride = conv.kernel_size[0], conv.stride[0]
     accumulate = out is not None and accumulate
-    out_frames = (frames - 1) // stride + 1
-    step = max(chunk_length(x, 2, out_frames * stride) // stride, 1)
+    out_frames = (source.count - 1) // stride + 1
+    step = max(chunk_length(source.frame_bytes, out_frames * stride) // stride, 1)
     if kernels.winograd:
         step = max(step - step % 2, 2)  # whole output pairs (the first chunk's folded frames are a pair too)
     for start in range(0, out_frames, step):
         stop = min(start + step, out_frames)
         # Output frame o reads padded frames [o*s, o*s + kt); padded frame p is input frame p - front.
         first, last = start * stride - front, (stop - 1) * stride - front + kt
-        piece = x[:, :, max(first, 0):last]  # (B, Cin, <= span, H, W)
-        if transform is not None:
-            piece = transform(piece, max(first, 0), last)
+        piece = source.read(max(first, 0), last)  # (B, Cin, <= span, H, W)
         for offset, result in _conv_piece(kernels, piece, first):  # (B, Cout, n, H', W') at start + offset
             if out is None:
                 out = empty_channels_last((*result.shape[:2], out_frames, *result.shape[3:]), result)
@@ -302,26 +323,40 @@ def _winograd_pairs(piece: torch.Tensor, products: list[FastConv2d]) -> torch.Te
       y[2p] = m0 + m1 + m2,  y[2p+1] = m1 - m2 - m3,  where
       m0 = (d[2p] - d[2p+2]) * g0,        m1 = (d[2p+1] + d[2p+2]) * (g0 + g1 + g2) / 2,
       m2 = (d[2p+2] - d[2p+1]) * (g0 - g1 + g2) / 2,   m3 = (d[2p+1] - d[2p+3]) * g2,
-    each `*` a per-frame 2D convolution (`products`; 4 per pair instead of 6).
+    each `*` a per-frame 2D convolution (`products`; 4 per pair instead of 6). One transformed input
+    and one product exist at a time.
     """
     batch, channels, length, height, width = piece.shape
     pairs = (length - 2) // 2
     frames = piece.permute(0, 2, 3, 4, 1)  # (B, L, H, W, Cin); a view when channels last
     even, odd = frames[:, 0:2 * pairs:2], frames[:, 1:2 * pairs:2]  # d[2p], d[2p+1]
     even_next, odd_next = frames[:, 2::2], frames[:, 3::2]  # d[2p+2], d[2p+3]
-    transformed = piece.new_empty((4, batch, pairs, height, width, channels))
-    torch.sub(even, even_next, out=transformed[0])
-    torch.add(odd, even_next, out=transformed[1])
-    torch.sub(even_next, odd, out=transformed[2])
-    torch.sub(odd, odd_next, out=transformed[3])
-    m0, m1, m2, m3 = (_rows_last(product(_frames_first(transformed[index])), batch)
-                      for index, product in enumerate(products))  # (B, P, H', W', Cout) each
-    del transformed
-    result = empty_channels_last((batch, m0.shape[-1], 2 * pairs, *m0.shape[2:4]), piece)
-    view = result.permute(0, 2, 3, 4, 1)  # (B, 2P, H', W', Cout)
-    torch.add(m0, m1, out=view[:, 0::2]).add_(m2)
-    torch.sub(m1, m2, out=view[:, 1::2]).sub_(m3)
+    inputs = ((torch.sub, even, even_next), (torch.add, odd, even_next), (torch.sub, even_next, odd),
+              (torch.sub, odd, odd_next))
+    transformed = piece.new_empty((batch, pairs, height, width, channels))
+    result = None
+    for index, ((op, left, right), product) in enumerate(zip(inputs, products, strict=True)):
+        op(left, right, out=transformed)
+        m = _rows_last(product(_frames_first(transformed)), batch)  # (B, P, H', W', Cout)
+        if result is None:
+            result = empty_channels_last((batch, m.shape[-1], 2 * pairs, *m.shape[2:4]), piece)
+            view = result.permute(0, 2, 3, 4, 1)  # (B, 2P, H', W', Cout)
+        _combine(index, m, view[:, 0::2], view[:, 1::2])
     return result  # (B, Cout, 2P, H', W')
+
+
+def _combine(index: int, m: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> None:
+    """Accumulate product `index` of F(2, 3) into its two outputs: first = m0 + m1 + m2, second = m1 - m2 - m3."""
+    if index == 0:
+        first.copy_(m)
+    elif index == 1:
+        first += m
+        second.copy_(m)
+    elif index == 2:
+        first += m
+        second -= m
+    else:
+        second -= m
 
 
 def _winograd_rows(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -332,24 +367,27 @@ def _winograd_rows(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | 
     the unpadded rows, and the zero rows drop out of the first and last terms.
     """
     count, channels, height, width = x.shape
-    half = height // 2
     rows = x.permute(0, 2, 3, 1)  # (N, H, W, Cin); a view when channels last
     even, odd = rows[:, 0::2], rows[:, 1::2]  # d[2q], d[2q+1]
-    transformed = x.new_empty((4, count, half, width, channels))
-    torch.sub(odd[:, :-1], odd[:, 1:], out=transformed[0, :, 1:])  # d'[2q] - d'[2q+2] = d[2q-1] - d[2q+1]
-    torch.neg(odd[:, 0], out=transformed[0, :, 0])  # d'[0] = 0
-    torch.add(even, odd, out=transformed[1])  # d'[2q+1] + d'[2q+2]
-    torch.sub(odd, even, out=transformed[2])  # d'[2q+2] - d'[2q+1]
-    torch.sub(even[:, :-1], even[:, 1:], out=transformed[3, :, :-1])  # d'[2q+1] - d'[2q+3]
-    transformed[3, :, -1].copy_(even[:, -1])  # d'[H + 1] = 0
-    m0, m1, m2, m3 = (F.conv2d(transformed[index].permute(0, 3, 1, 2), weights[index],
-                               bias if index == 1 else None, 1, (0, 1)).permute(0, 2, 3, 1)
-                      for index in range(4))  # (N, H/2, W, Cout) each
-    del transformed
-    out = empty_channels_last((count, m0.shape[-1], height, width), x)
-    view = out.permute(0, 2, 3, 1)  # (N, H, W, Cout)
-    torch.add(m0, m1, out=view[:, 0::2]).add_(m2)
-    torch.sub(m1, m2, out=view[:, 1::2]).sub_(m3)
+    transformed = x.new_empty((count, height // 2, width, channels))
+    out = None
+    for index in range(4):
+        if index == 0:  # d'[2q] - d'[2q+2] = d[2q-1] - d[2q+1], with d'[0] = 0
+            torch.sub(odd[:, :-1], odd[:, 1:], out=transformed[:, 1:])
+            torch.neg(odd[:, 0], out=transformed[:, 0])
+        elif index == 1:  # d'[2q+1] + d'[2q+2]
+            torch.add(even, odd, out=transformed)
+        elif index == 2:  # d'[2q+2] - d'[2q+1]
+            torch.sub(odd, even, out=transformed)
+        else:  # d'[2q+1] - d'[2q+3], with d'[H + 1] = 0
+            torch.sub(even[:, :-1], even[:, 1:], out=transformed[:, :-1])
+            transformed[:, -1].copy_(even[:, -1])
+        m = F.conv2d(transformed.permute(0, 3, 1, 2), weights[index], bias if index == 1 else None, 1,
+                     (0, 1)).permute(0, 2, 3, 1)  # (N, H/2, W, Cout)
+        if out is None:
+            out = empty_channels_last((count, m.shape[-1], height, width), x)
+            view = out.permute(0, 2, 3, 1)  # (N, H, W, Cout)
+        _combine(index, m, view[:, 0::2], view[:, 1::2])
     return out  # (N, Cout, H, W)
 
 

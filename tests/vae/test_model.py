@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from components.vae import model as model_module
 from components.vae import streaming
@@ -151,3 +152,19 @@ def test_forward_backward_on_tiny(tiny_vae):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert tiny_vae.encoder.conv_in.weight.grad.abs().sum() > 0
     assert tiny_vae.decoder.conv_out.conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("frames", [1, 2, 5])
+def test_upsampled_frames_read_in_pieces_equal_the_whole_upsampling(frames):
+    """The temporal upsampler's conv reads its input a few frames at a time; every range must equal the
+    same frames of the whole upsampled video (context frames at slice edges, exact weights)."""
+    from components.vae.model import Spatial2xTime2x3DUpsample
+
+    upsample = Spatial2xTime2x3DUpsample(3)
+    x = torch.randn(1, 3, frames, 4, 5)
+    whole = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2), mode="trilinear")
+    if frames > 1:
+        whole = torch.cat([whole, F.interpolate(x[:, :, 1:], scale_factor=(2, 2, 2), mode="trilinear")], dim=2)
+    for start in range(whole.shape[2]):
+        for stop in range(start + 1, whole.shape[2] + 1):
+            assert torch.equal(upsample._upsampled(x, start, stop), whole[:, :, start:stop]), (start, stop)
