@@ -116,12 +116,17 @@ def select_official_weights(checkpoint: dict[str, Any], weights: Literal["ema", 
     return {key.removeprefix("module."): value for key, value in state.items() if "loss" not in key}
 
 
-def load_state_strict(model: CausalVAE, state: dict[str, torch.Tensor], source: str) -> None:
-    result = model.load_state_dict(state, strict=False)
+def build_with_weights(config: VAEModelConfig, state: dict[str, torch.Tensor], source: str) -> CausalVAE:
+    """The model with `state` as its parameters, in eval mode. Built on the meta device and assigned, so
+    the ~1 GB of v1.2 weights exist once while loading (no random init, no copy into fresh parameters)."""
+    with torch.device("meta"):
+        model = CausalVAE(config)
+    result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{source}: weights do not match the configured architecture; "
                          f"missing {result.missing_keys[:5]} ({len(result.missing_keys)}), "
                          f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})")
+    return model.float().eval()  # float: half-precision checkpoints load as fp32, like copying into parameters
 
 
 def official_weights_file(folder: Path) -> Path:
@@ -150,9 +155,8 @@ def load_official(folder: str | Path, weights: Literal["ema", "model"] = "ema") 
         except pickle.UnpicklingError as exc:
             raise ValueError(f"{weights_path}: holds objects other than tensors and plain containers, which we "
                              f"refuse to unpickle; convert its weights to safetensors once ({exc})") from None
-    model = CausalVAE(config)
-    load_state_strict(model, select_official_weights(checkpoint, weights, source=str(weights_path)), str(weights_path))
-    return model.eval()
+    return build_with_weights(config, select_official_weights(checkpoint, weights, source=str(weights_path)),
+                              str(weights_path))
 
 
 def save_vae(folder: str | Path, model: CausalVAE) -> dict[str, str]:
@@ -172,7 +176,5 @@ def load_ours(folder: str | Path, expected: dict[str, str] | None = None) -> Cau
         error = exc.errors()[0]
         field = ".".join(["model", *(str(part) for part in error["loc"])])
         raise ValueError(f"{source}: field '{field}' is invalid: {error['msg']}") from None
-    model = CausalVAE(config)
-    load_state_strict(model, state, storage.join(folder, checkpoints.WEIGHTS_FILE))
-    return model.eval()
+    return build_with_weights(config, state, storage.join(folder, checkpoints.WEIGHTS_FILE))
 
