@@ -1,18 +1,23 @@
 """Inference kernels of the CausalVAE: chunked, channels-last, fewer multiplications (no autograd).
 
 The network (`model.py`) calls these when autograd is off; training takes the plain formulation. Both
-give the same numbers up to float rounding (tests compare them). What is done here and why:
+give the same numbers up to float rounding (tests compare them, and bench/vae_reference.py compares with
+the reference implementation). Convolutions are ~90 % of the time and oneDNN already runs them near the
+CPU's peak, so the gains come from doing fewer multiplies and moving fewer bytes:
 
+- Temporal Winograd F(2, 3) for the kernel-3, stride-1 causal convolutions (~95 % of a decode's
+  multiplies): two output frames from four per-frame 2D convolutions instead of six (Lavin & Gray, "Fast
+  Algorithms for Convolutional Neural Networks", 2016, in one dimension); the same along rows for 3x3
+  convolutions of wide inputs (`FastConv2d`). The transforms only add, subtract and halve, so rounding
+  stays at the level of a reordered sum (~3e-6 relative).
+- Nearest 2x upsampling + 3x3 conv as four 2x2 sub-pixel convolutions (`NearestUpsampleConv`).
 - Channels-last layout (NDHWC / NHWC): a frame range is one contiguous block, so chunks along time are
   cheap views, and per-frame 2D convolutions run ~10-20 % faster in oneDNN than on NCHW.
-- Chunks of frames (at most CHUNK_BYTES of input each) written into one preallocated output, with
-  GroupNorm + swish applied per chunk from statistics taken once over the whole tensor, and residuals
-  added in place: a res-block keeps at most its input, one intermediate and its output alive.
+- Chunks of frames written into one preallocated output, with GroupNorm + swish applied per chunk from
+  statistics taken once over the whole tensor (`group_moments`, one blocked pass), and residuals added
+  in place: a res-block keeps at most its input, one intermediate and its output alive. Inputs that are
+  computed (upsampled frames) are produced per chunk (`Frames`), never stored whole.
 - The causal front padding (frame 0 replicated) is folded into the kernel instead of copied.
-- Temporal Winograd F(2, 3) for the kernel-3, stride-1 causal convolutions that are ~95 % of a decode:
-  two output frames from four per-frame 2D convolutions instead of six (Lavin & Gray, "Fast Algorithms
-  for Convolutional Neural Networks", 2016, in one dimension). The transforms only add, subtract and
-  halve, so rounding stays at the level of a reordered sum (~3e-6 relative).
 """
 
 from __future__ import annotations
