@@ -26,6 +26,13 @@ class SynthConfig(StrictModel):
     short_frames: int = Field(4, ge=1)  # length of "too short" defect clips (below filter.min_frames)
     slow_speed: float = Field(0.25, gt=0)  # frame widths (or heights) per second
     fast_speed: float = Field(0.6, gt=0)
+    # H.264 (libx264, yuv420p) like real raw datasets; mp4v (MPEG-4 part 2, OpenCV's writer) kept as the
+    # cheap-to-decode worst case for the filter's fixed per-video costs (bench/filter_speed.py).
+    codec: Literal["h264", "mp4v"] = "h264"
+    # libx264 constant rate factor: 18, good quality, as a "good" clip should be (at x264's default 23 the
+    # anti-aliased edges of a small dark shape are smoothed enough to score like a blurred clip).
+    crf: int = Field(18, ge=0, le=51)
+    x264_preset: str = "veryfast"
 
     @model_validator(mode="after")
     def _ranges(self) -> SynthConfig:

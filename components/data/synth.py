@@ -9,10 +9,10 @@ Clips vary in size, aspect ratio, frame rate and length (from the preset) so buc
 matter downstream. A share of clips is deliberately bad (see DEFECTS); which ones is recorded in
 `ground_truth.json`, never in the annotations, so the filter can be scored against it.
 
-Output folder: `videos/*.mp4` (mp4v), `annotations.json` (Open-Sora Plan v1.2 schema, see
-`components.data.annotations`), `ground_truth.json`, then `manifest.json` last. Everything is drawn from
-`numpy.random.default_rng((seed, clip_index))`, so one seed gives byte-identical annotations and
-identical decoded frames.
+Output folder: `videos/*.mp4` (H.264 yuv420p by default, like real raw datasets; mp4v on request),
+`annotations.json` (Open-Sora Plan v1.2 schema, see `components.data.annotations`), `ground_truth.json`,
+then `manifest.json` last. Everything is drawn from `numpy.random.default_rng((seed, clip_index))`, so one
+seed gives byte-identical annotations and videos (H.264; mp4v: identical decoded frames).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from components.core import manifest, storage, tracking
 from components.core.config import config_hash
 from components.data.annotations import validate_entry
 from components.data.config import SynthConfig, load_data_config
+from components.data.video_io import write_h264
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,12 @@ def _apply_defect(frame: np.ndarray, defect: str | None, t: int, rng: np.random.
     return frame
 
 
-def write_video(path: Path, frames, fps: int, height: int, width: int) -> int:
+def write_video(path: Path, frames, fps: int, height: int, width: int, config: SynthConfig) -> int:
+    """Write BGR frames to `path` in the configured codec; return how many were written. H.264 is
+    bit-exact from run to run (`video_io.write_h264` pins libx264), so one seed gives the same bytes."""
+    if config.codec == "h264":
+        return write_h264(str(path), frames, fps, height, width, crf=config.crf, pix_fmt="yuv420p",
+                          preset=config.x264_preset, frame_format="bgr24")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot open an mp4v writer for {path}")
@@ -281,7 +287,8 @@ def _build(folder: Path, num: int, seed: int, kind: str, config: SynthConfig) ->
     for index, defect in enumerate(assign_defects(num, seed, config.bad_fraction)):
         plan = plan_clip(index, seed, kind, config, defect)
         rel_path = f"videos/{kind}_{index:06d}.mp4"
-        written = write_video(folder / rel_path, render_frames(plan, kind, photo_cache), plan.fps, plan.height, plan.width)
+        written = write_video(folder / rel_path, render_frames(plan, kind, photo_cache), plan.fps, plan.height, plan.width,
+                              config)
         assert written == plan.num_frames
         entry = {
             "path": rel_path, "cap": plan.caption,

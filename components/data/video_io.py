@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import cv2
@@ -66,17 +68,28 @@ def crop_resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 def encode_h264(frames: np.ndarray, fps: float, crf: int, pix_fmt: str = "yuv444p", preset: str = "medium") -> bytes:
     """Encode (T, H, W, 3) uint8 RGB frames to an mp4 with libx264, deterministically."""
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
+    write_h264(buffer, frames, fps, frames.shape[1], frames.shape[2], crf, pix_fmt, preset)
+    return buffer.getvalue()
+
+
+def write_h264(target: str | Path | BinaryIO, frames: Iterable[np.ndarray], fps: float, height: int, width: int,
+               crf: int, pix_fmt: str = "yuv444p", preset: str = "medium", frame_format: str = "rgb24") -> int:
+    """Stream (H, W, 3) uint8 frames (`frame_format` rgb24 or bgr24) into an mp4 with libx264,
+    deterministically (same frames, same bytes); return the number of frames written."""
+    count = 0
+    with av.open(target, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.height, stream.width = height, width
         stream.pix_fmt = pix_fmt
         stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": _x264_params()}
         for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+            assert array.shape == (height, width, 3) and array.dtype == np.uint8, array.shape
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format=frame_format)):
                 container.mux(packet)
+            count += 1
         for packet in stream.encode():
             container.mux(packet)
-    return buffer.getvalue()
+    return count
 
 
 @functools.cache

@@ -24,8 +24,9 @@ from components.data.filter.scan import (
 
 _SCORERS: dict[str, Any] = {}  # one scorer per worker process, built on first use
 # Part of every cache key: bump it when what a measurement means changes (2: PyAV decoding, full-range
-# luma statistics, colour samples area-filtered from the decoder's planes).
-MEASUREMENT_VERSION = 2
+# luma statistics, colour samples area-filtered from the decoder's planes; 3: samples of a non-integer
+# size ratio resized bilinearly to twice the size, then area-halved).
+MEASUREMENT_VERSION = 3
 
 
 def measurement_key(settings: dict[str, Any]) -> str:
