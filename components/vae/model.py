@@ -37,8 +37,9 @@ from components.vae.streaming import (
 )
 
 # Frames per chunk of the encoder's leading per-frame modules: their widest full-resolution activation
-# takes at most this many bytes per chunk (4 frames of 128 x 256 x 256 fp32).
-PER_FRAME_CHAIN_BYTES = 128 * 2**20
+# takes at most this many bytes per chunk (2 frames of 128 x 256 x 256 fp32). Equal to streaming's
+# CHUNK_BYTES, so each module inside runs on the chunk in one piece, with no copy into a larger output.
+PER_FRAME_CHAIN_BYTES = 64 * 2**20
 
 
 def _no_grad() -> bool:

@@ -22,7 +22,7 @@ CPU's peak, so the gains come from doing fewer multiplies and moving fewer bytes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +112,8 @@ def map_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim:
     bytes per input byte when `fn` enlarges frames (an upsampler), so chunks are sized by the larger."""
     length, accumulate = x.shape[dim], out is not None
     step = chunk_length(x.numel() // max(length, 1) * x.element_size() * growth, length)
+    if step >= length and not accumulate:  # one chunk: its result is the output (no copy)
+        return channels_last(fn(x if transform is None else transform(x, 0, length)))
     for start in range(0, length, step):
         stop = min(start + step, length)
         piece = x.narrow(dim, start, stop - start)
@@ -257,8 +259,8 @@ def causal_conv_stream(conv: nn.Conv3d, front: int, x: torch.Tensor | Frames, tr
     source = x if isinstance(x, Frames) else tensor_frames(x, transform)
     kernels = CausalConvKernels(conv, front, source.frame_pixels)
     kt, stride = conv.kernel_size[0], conv.stride[0]
-    accumulate = out is not None and accumulate
     out_frames = (source.count - 1) // stride + 1
+    output = _Output(out, out_frames, out is not None and accumulate)
     step = max(chunk_length(source.frame_bytes, out_frames * stride) // stride, 1)
     if kernels.winograd:
         step = max(step - step % 2, 2)  # whole output pairs (the first chunk's folded frames are a pair too)
@@ -267,19 +269,37 @@ def causal_conv_stream(conv: nn.Conv3d, front: int, x: torch.Tensor | Frames, tr
         # Output frame o reads padded frames [o*s, o*s + kt); padded frame p is input frame p - front.
         first, last = start * stride - front, (stop - 1) * stride - front + kt
         piece = source.read(max(first, 0), last)  # (B, Cin, <= span, H, W)
-        for offset, result in _conv_piece(kernels, piece, first):  # (B, Cout, n, H', W') at start + offset
-            if out is None:
-                out = empty_channels_last((*result.shape[:2], out_frames, *result.shape[3:]), result)
-            target = out[:, :, start + offset: start + offset + result.shape[2]]
-            if accumulate:
-                target += result
-            else:
-                target.copy_(result)
-    return out  # (B, Cout, T_out, H', W')
+        _conv_piece(kernels, piece, first, output, start)
+    return output.out  # (B, Cout, T_out, H', W')
 
 
-def _conv_piece(kernels: CausalConvKernels, piece: torch.Tensor, first: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (output offset, conv output) for a chunk whose padded input starts at frame `first`.
+class _Output:
+    """A streamed convolution's output (B, Cout, T_out, H', W'), channels last: allocated at the first
+    result unless given; results are written into it, or added (residual connections), frame range by
+    frame range, so no chunk result is copied twice."""
+
+    def __init__(self, out: torch.Tensor | None, frames: int, accumulate: bool):
+        self.out, self.frames, self.accumulate = out, frames, accumulate
+
+    def region(self, start: int, count: int, frame_shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """Output frames [start, start + count); `frame_shape` (B, Cout, H', W') allocates on first use."""
+        if self.out is None:
+            batch, channels, height, width = frame_shape
+            self.out = empty_channels_last((batch, channels, self.frames, height, width), like)
+        return self.out[:, :, start:start + count]
+
+    def put(self, start: int, result: torch.Tensor) -> None:
+        """Write or add `result` (B, Cout, n, H', W') at output frame `start`."""
+        frame_shape = (*result.shape[:2], *result.shape[3:])
+        target = self.region(start, result.shape[2], frame_shape, result)
+        if self.accumulate:
+            target += result
+        else:
+            target.copy_(result)
+
+
+def _conv_piece(kernels: CausalConvKernels, piece: torch.Tensor, first: int, output: _Output, start: int) -> None:
+    """Convolve a chunk whose padded input starts at frame `first` into `output` from frame `start`.
 
     In the first chunk (first < 0) the replicated copies of frame 0 are folded into the kernel instead
     of being materialised: output frame o < front sees frame 0 through the summed taps 0..front-o, so it
@@ -287,32 +307,31 @@ def _conv_piece(kernels: CausalConvKernels, piece: torch.Tensor, first: int) -> 
     """
     conv, front = kernels.conv, kernels.front
     if first >= 0:
-        yield 0, _valid_conv(kernels, piece)
-        return
-    if not kernels.per_frame:
+        _valid_conv(kernels, piece, output, start)
+    elif not kernels.per_frame:
         replicated = piece[:, :, :1].expand(-1, -1, -first, -1, -1)
-        yield 0, _direct(conv, torch.cat([replicated, piece], dim=2))
-        return
-    for frame in range(min(front, piece.shape[2])):
-        result = kernels.stacked(frame + 1, front - frame)(_stack_frames(piece[:, :, :frame + 1]))
-        yield frame, result.unsqueeze(2)  # (B, Cout, 1, H', W')
-    if piece.shape[2] > front:
-        yield front, _valid_conv(kernels, piece)  # valid frames front.. need no padding
+        output.put(start, _direct(conv, torch.cat([replicated, piece], dim=2)))
+    else:
+        for frame in range(min(front, piece.shape[2])):
+            result = kernels.stacked(frame + 1, front - frame)(_stack_frames(piece[:, :, :frame + 1]))
+            output.put(start + frame, result.unsqueeze(2))  # (B, Cout, 1, H', W')
+        if piece.shape[2] > front:
+            _valid_conv(kernels, piece, output, start + front)  # valid frames front.. need no padding
 
 
-def _valid_conv(kernels: CausalConvKernels, piece: torch.Tensor) -> torch.Tensor:
+def _valid_conv(kernels: CausalConvKernels, piece: torch.Tensor, output: _Output, start: int) -> None:
     """The unpadded convolution of `piece` (B, Cin, L, H, W): Winograd pairs, then a last odd frame."""
     conv = kernels.conv
     kt = conv.kernel_size[0]
     out_frames = piece.shape[2] - kt + 1
     if not kernels.winograd:
-        return _direct(conv, piece)
-    results = []
+        output.put(start, _direct(conv, piece))
+        return
     if out_frames >= 2:
-        results.append(_winograd_pairs(piece[:, :, :out_frames - out_frames % 2 + 2], kernels.winograd_products()))
+        _winograd_pairs(piece[:, :, :out_frames - out_frames % 2 + 2], kernels.winograd_products(), output, start)
     if out_frames % 2:
-        results.append(kernels.stacked(kt, 0)(_stack_frames(piece[:, :, -kt:])).unsqueeze(2))
-    return results[0] if len(results) == 1 else torch.cat(results, dim=2)  # (B, Cout, out_frames, H', W')
+        last = kernels.stacked(kt, 0)(_stack_frames(piece[:, :, -kt:]))  # (B, Cout, H', W')
+        output.put(start + out_frames - 1, last.unsqueeze(2))
 
 
 def _direct(conv: nn.Conv3d, piece: torch.Tensor) -> torch.Tensor:
@@ -321,15 +340,15 @@ def _direct(conv: nn.Conv3d, piece: torch.Tensor) -> torch.Tensor:
     return conv(piece.contiguous() if conv.in_channels >= 512 else piece)
 
 
-def _winograd_pairs(piece: torch.Tensor, products: list[FastConv2d]) -> torch.Tensor:
-    """Valid kernel-3 temporal conv of `piece` (B, Cin, 2P + 2, H, W) -> (B, Cout, 2P, H', W').
+def _winograd_pairs(piece: torch.Tensor, products: list[FastConv2d], output: _Output, start: int) -> None:
+    """Valid kernel-3 temporal conv of `piece` (B, Cin, 2P + 2, H, W) into output frames [start, start + 2P).
 
     With d the input frames and g the temporal taps, output frames 2p and 2p+1 are
       y[2p] = m0 + m1 + m2,  y[2p+1] = m1 - m2 - m3,  where
       m0 = (d[2p] - d[2p+2]) * g0,        m1 = (d[2p+1] + d[2p+2]) * (g0 + g1 + g2) / 2,
       m2 = (d[2p+2] - d[2p+1]) * (g0 - g1 + g2) / 2,   m3 = (d[2p+1] - d[2p+3]) * g2,
     each `*` a per-frame 2D convolution (`products`; 4 per pair instead of 6). One transformed input
-    and one product exist at a time.
+    and one product exist at a time; products go straight into the output.
     """
     batch, channels, length, height, width = piece.shape
     pairs = (length - 2) // 2
@@ -339,24 +358,29 @@ def _winograd_pairs(piece: torch.Tensor, products: list[FastConv2d]) -> torch.Te
     inputs = ((torch.sub, even, even_next), (torch.add, odd, even_next), (torch.sub, even_next, odd),
               (torch.sub, odd, odd_next))
     transformed = piece.new_empty((batch, pairs, height, width, channels))
-    result = None
     for index, ((op, left, right), product) in enumerate(zip(inputs, products, strict=True)):
         op(left, right, out=transformed)
         m = _rows_last(product(_frames_first(transformed)), batch)  # (B, P, H', W', Cout)
-        if result is None:
-            result = empty_channels_last((batch, m.shape[-1], 2 * pairs, *m.shape[2:4]), piece)
-            view = result.permute(0, 2, 3, 4, 1)  # (B, 2P, H', W', Cout)
-        _combine(index, m, view[:, 0::2], view[:, 1::2])
-    return result  # (B, Cout, 2P, H', W')
+        if index == 0:
+            region = output.region(start, 2 * pairs, (batch, m.shape[-1], *m.shape[2:4]), piece)
+            view = region.permute(0, 2, 3, 4, 1)  # (B, 2P, H', W', Cout)
+        _combine(index, m, view[:, 0::2], view[:, 1::2], output.accumulate)
 
 
-def _combine(index: int, m: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> None:
-    """Accumulate product `index` of F(2, 3) into its two outputs: first = m0 + m1 + m2, second = m1 - m2 - m3."""
+def _combine(index: int, m: torch.Tensor, first: torch.Tensor, second: torch.Tensor, accumulate: bool = False) -> None:
+    """Add product `index` of F(2, 3) into its two outputs: first = m0 + m1 + m2, second = m1 - m2 - m3
+    (plus what they held, when `accumulate`)."""
     if index == 0:
-        first.copy_(m)
+        if accumulate:
+            first += m
+        else:
+            first.copy_(m)
     elif index == 1:
         first += m
-        second.copy_(m)
+        if accumulate:
+            second += m
+        else:
+            second.copy_(m)
     elif index == 2:
         first += m
         second -= m
