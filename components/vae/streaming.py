@@ -120,12 +120,16 @@ def map_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim:
         result = fn(piece if transform is None else transform(piece, start, stop))
         if out is None:
             out = empty_channels_last(result.shape[:dim] + (length,) + result.shape[dim + 1:], result)
-        target = out.narrow(dim, start, stop - start)
-        if accumulate:
-            target.add_(result)
-        else:
-            target.copy_(result)
+        _write(out.narrow(dim, start, stop - start), result, accumulate)
     return out
+
+
+def _write(target: torch.Tensor, value: torch.Tensor, accumulate: bool) -> None:
+    """Add `value` into `target` (a residual connection) or overwrite it."""
+    if accumulate:
+        target += value
+    else:
+        target.copy_(value)
 
 
 # Row Winograd pays off from this many input channels: below it the (1, 3) convolutions it runs are
@@ -291,11 +295,7 @@ class _Output:
     def put(self, start: int, result: torch.Tensor) -> None:
         """Write or add `result` (B, Cout, n, H', W') at output frame `start`."""
         frame_shape = (*result.shape[:2], *result.shape[3:])
-        target = self.region(start, result.shape[2], frame_shape, result)
-        if self.accumulate:
-            target += result
-        else:
-            target.copy_(result)
+        _write(self.region(start, result.shape[2], frame_shape, result), result, self.accumulate)
 
 
 def _conv_piece(kernels: CausalConvKernels, piece: torch.Tensor, first: int, output: _Output, start: int) -> None:
@@ -371,16 +371,10 @@ def _combine(index: int, m: torch.Tensor, first: torch.Tensor, second: torch.Ten
     """Add product `index` of F(2, 3) into its two outputs: first = m0 + m1 + m2, second = m1 - m2 - m3
     (plus what they held, when `accumulate`)."""
     if index == 0:
-        if accumulate:
-            first += m
-        else:
-            first.copy_(m)
+        _write(first, m, accumulate)
     elif index == 1:
         first += m
-        if accumulate:
-            second += m
-        else:
-            second.copy_(m)
+        _write(second, m, accumulate)
     elif index == 2:
         first += m
         second -= m
