@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.vae import streaming
 from components.vae.config import VAEModelConfig
 from components.vae.posterior import DiagonalGaussian
 from components.vae.streaming import (
@@ -35,11 +36,6 @@ from components.vae.streaming import (
     map_chunks,
     norm_silu_transform,
 )
-
-# Frames per chunk of the encoder's leading per-frame modules: their widest full-resolution activation
-# takes at most this many bytes per chunk (2 frames of 128 x 256 x 256 fp32). Equal to streaming's
-# CHUNK_BYTES, so each module inside runs on the chunk in one piece, with no copy into a larger output.
-PER_FRAME_CHAIN_BYTES = 64 * 2**20
 
 
 def _no_grad() -> bool:
@@ -60,9 +56,10 @@ def _to_video(frames: torch.Tensor, batch: int) -> torch.Tensor:
 
 def _per_frame_chain(modules: list[nn.Module], frames: torch.Tensor, channels: int) -> torch.Tensor:
     """`modules` (all per-frame) applied in turn to chunks of `frames` (N, C, H, W), sized so that a
-    `channels`-wide activation at full resolution takes at most PER_FRAME_CHAIN_BYTES per chunk."""
+    `channels`-wide activation at full resolution takes at most one streaming chunk (CHUNK_BYTES), so each
+    module inside runs on the chunk in one piece, with no copy into a larger output."""
     frame_bytes = channels * frames.shape[2] * frames.shape[3] * frames.element_size()
-    step = max(1, PER_FRAME_CHAIN_BYTES // frame_bytes)
+    step = max(1, streaming.CHUNK_BYTES // frame_bytes)
     out = None
     for start in range(0, frames.shape[0], step):
         h = frames[start:start + step]

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.vae import model as model_module
 from components.vae import streaming
 from components.vae.config import load_vae_config
 from components.vae.model import CausalVAE, num_parameters
@@ -126,8 +125,7 @@ def test_posterior_semantics():
 def test_no_grad_path_equals_autograd_path(tiny_vae, monkeypatch, chunk_bytes, per_frame_kernels):
     """Streaming inference (fused GroupNorm, chunked convs, in-place residuals, Winograd) gives the same
     numbers. "everywhere" lowers the size thresholds so the tiny model takes every per-frame kernel."""
-    monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)  # 40 kB: chunks of 1-3 frames everywhere
-    monkeypatch.setattr(model_module, "PER_FRAME_CHAIN_BYTES", chunk_bytes)  # 40 kB: the 2D prefix, 2 frames at a time
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)  # 40 kB: chunks of 1-3 frames everywhere, 2D prefix 2 frames
     if per_frame_kernels == "everywhere":
         monkeypatch.setattr(streaming, "MIN_FRAME_PIXELS", 1)
         monkeypatch.setattr(streaming, "ROW_WINOGRAD_MIN_CHANNELS", 1)
