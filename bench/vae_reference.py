@@ -10,6 +10,7 @@ its own. The reference is imported from a checkout given on the command line and
     mkdir -p /work/ref && git -C <Open-Sora-Plan mirror> archive v1.2.0 | tar -x -C /work/ref
     python bench/vae_reference.py --reference /work/ref                 # 1x3x9x128x128
     python bench/vae_reference.py --reference /work/ref --size large    # 1x3x33x256x256 (reference decode ~6 min, ~11 GiB)
+    python bench/vae_reference.py --reference /work/ref --size large --phases encode
 
 Printed JSON, per phase: wall s, cpu s (all threads; steadier than wall s on a shared machine), peak RSS
 of the whole process (`ru_maxrss`, with the loader's transient second copy of the ~0.96 GB of weights),
@@ -217,6 +218,7 @@ def main() -> int:
     parser.add_argument("--size", choices=list(SIZES), default="small",
                         help="small 9x128x128, medium 17x128x128 (a quick check of the large path), large 33x256x256")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep weights, inputs and outputs here (default: a temporary folder, removed at the end)")
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -249,7 +251,7 @@ def main() -> int:
 
         results: dict = {"size": args.size, "clip": [1, 3, *SIZES[args.size]], "threads": args.threads,
                          "torch": torch.__version__, **prepared}
-        for phase in PHASES:
+        for phase in args.phases:
             # Both implementations back to back for each phase, so a change in machine load hits both alike.
             measured = {implementation: subprocess_json("--implementation", implementation, "--phase", phase)
                         for implementation in IMPLEMENTATIONS}
