@@ -24,10 +24,34 @@ from flows.stage_flows import STAGE_FLOWS
 from flows.stages import Stage, absolute_root, chain, default_run_root, split_overrides, stage_dir
 
 REPORT_KEY = "t2v-full-report"
+RUN_ROOT_TAG = "t2v.run_root"
+# The parent run's heartbeat; an earlier pipeline run on the same run root whose heartbeat is older than
+# STALE_AFTER_S (or whose process on this host is gone) died without ending its MLflow runs.
+HEARTBEAT_S = 15
+STALE_AFTER_S = 90
 
 
 class StageFailed(RuntimeError):
     """A stage failed; the message names the stage and carries the stage's own message."""
+
+
+class RunRootInUse(RuntimeError):
+    """Another pipeline run is alive on the same run root; two would overwrite each other's stages."""
+
+
+def claim_run_root(run_root: str) -> list[str]:
+    """The ids of earlier pipeline runs on `run_root` left RUNNING by a dead process (to be superseded);
+    raises RunRootInUse when one is still alive."""
+    earlier = tracking.running_runs(RUN_ROOT_TAG, run_root)
+    for run in earlier:
+        if tracking.owner_is_alive(run, STALE_AFTER_S):
+            age = tracking.seconds_since_heartbeat(run)
+            raise RunRootInUse(
+                f"run root {run_root} is in use by pipeline run {run['run_id']} (process "
+                f"{run['tags'].get(tracking.PID_TAG)} on {run['tags'].get(tracking.HOST_TAG)}, heartbeat {age:.0f} s "
+                f"ago): wait for it or stop it. If its process is gone, this run root frees up "
+                f"{STALE_AFTER_S} s after its last heartbeat.")
+    return [run["run_id"] for run in earlier]
 
 
 _io = task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), cache_policy=NO_CACHE)
@@ -98,14 +122,26 @@ def pipeline(
     run_root = absolute_root(run_root or default_run_root(preset))
     options = {"num": num, "seed": seed, "kind": kind, "annotations": annotations}
 
-    parent = tracking.start_run("t2v-full", tags={"t2v.run_root": run_root,
-                                                  "prefect.flow_run_id": str(current_flow_run.id)})
+    interrupted = claim_run_root(run_root)
+    tags = {RUN_ROOT_TAG: run_root, "prefect.flow_run_id": str(current_flow_run.id), **tracking.owner_tags()}
+    if interrupted:
+        tags["t2v.resumes"] = ",".join(interrupted)
+    parent = tracking.start_run("t2v-full", tags=tags)
+    for run_id in interrupted:
+        logger.warning("pipeline run %s on this run root died without ending: marked KILLED", run_id)
+        tracking.mark_killed(run_id, {"t2v.superseded_by": parent.run_id})
     parent.log_params({"preset": preset, "overrides": overrides, "run_root": run_root,
                        "stages": [stage.name for stage in stages], "stage_deployment": stage_deployment,
                        **options})
     parent_info = {"run_id": parent.run_id, "url": tracking.run_url(parent)}
     logger.info("pipeline run root %s, MLflow parent run %s", run_root, parent.run_id)
+    with tracking.heartbeat(parent, HEARTBEAT_S):
+        return _run_stages(stages, run_root, preset, overrides, options, stage_deployment, parent, parent_info)
 
+
+def _run_stages(stages: list[Stage], run_root: str, preset: str, overrides: list[str], options: dict[str, Any],
+                stage_deployment: str | None, parent: tracking.Run, parent_info: dict[str, Any]) -> dict[str, Any]:
+    logger = get_run_logger()
     results: list[dict[str, Any]] = []
     for stage in stages:
         parameters = {"run_root": run_root, "preset": preset, "overrides": overrides,

@@ -15,7 +15,10 @@ import functools
 import json
 import logging
 import os
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,10 @@ PARENT_RUN_ENV = "T2V_PARENT_RUN_ID"
 EXPERIMENT_ENV = "T2V_EXPERIMENT"
 DEFAULT_EXPERIMENT = "t2v-pipeline"
 _MAX_PARAM_LENGTH = 6000
+
+# Which process owns a run, and when it last said it was alive: MLflow leaves the run of a process that
+# was killed RUNNING for ever, so a later run on the same work tells dead from live by these tags.
+HOST_TAG, PID_TAG, HEARTBEAT_TAG = "t2v.host", "t2v.pid", "t2v.heartbeat"
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,6 @@ class Run:
             _client().log_batch(self.run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
@@ -135,6 +140,10 @@ class Run:
 
     def finish(self, status: str = "FINISHED") -> None:
         _client().set_terminated(self.run_id, status=status)
+
+    def reopen(self) -> None:
+        """RUNNING again: a resumed stage continues its interrupted (KILLED or still RUNNING) run."""
+        _client().update_run(self.run_id, status="RUNNING")
 
 
 def start_run(
@@ -176,6 +185,75 @@ def stage_run(
         run.finish("FAILED")
         raise
     run.finish("FINISHED")
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming this process as the run's owner, with a first heartbeat (see `heartbeat`)."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), HEARTBEAT_TAG: f"{time.time():.0f}"}
+
+
+@contextlib.contextmanager
+def heartbeat(run: Run, every_s: float) -> Iterator[None]:
+    """Tag `run` with the time every `every_s` seconds while the block runs (a daemon thread)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                run.set_tags({HEARTBEAT_TAG: f"{time.time():.0f}"})
+            except Exception as exc:  # a tracking server hiccup must not stop the work it watches
+                log.warning("heartbeat of run %s not recorded: %s", run.run_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run.run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def seconds_since_heartbeat(run: Mapping[str, Any]) -> float:
+    """Age of the run's last heartbeat (infinite without one)."""
+    beat = run["tags"].get(HEARTBEAT_TAG)
+    return float("inf") if beat is None else max(time.time() - float(beat), 0.0)
+
+
+def owner_is_alive(run: Mapping[str, Any], stale_after_s: float) -> bool:
+    """Whether the process that owns `run` may still be working on it: False when its heartbeat is older
+    than `stale_after_s`, or when it ran on this host and its pid is gone."""
+    if seconds_since_heartbeat(run) > stale_after_s:
+        return False
+    if run["tags"].get(HOST_TAG) != socket.gethostname():
+        return True
+    try:
+        os.kill(int(run["tags"][PID_TAG]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def running_runs(tag: str, value: str, experiment: str | None = None) -> list[dict[str, Any]]:
+    """RUNNING runs of the experiment whose tag `tag` is `value`, oldest first."""
+    client = _client()
+    experiment_id = _experiment_id(client, experiment or os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    # Few runs are RUNNING: filter the tag here rather than quote an arbitrary value into a filter string.
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                              order_by=["start_time ASC"])
+    runs = [run for run in runs if run.data.tags.get(tag) == value]
+    return [get_run(run.info.run_id) for run in runs]
+
+
+def mark_killed(run_id: str, tags: Mapping[str, Any]) -> None:
+    """End a run whose process died (and its children still RUNNING) as KILLED, with `tags` saying why."""
+    for child in child_runs(run_id):
+        if child["status"] == "RUNNING":
+            mark_killed(child["run_id"], tags)
+    run = Run(run_id, _client().get_run(run_id).info.experiment_id)
+    run.set_tags(tags)
+    run.finish("KILLED")
 
 
 def get_run(run_id: str) -> dict[str, Any]:

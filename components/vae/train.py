@@ -262,6 +262,7 @@ class _Trainer:
         if resume_state is not None:
             run_id = resume_state["mlflow_run_id"]
             self.run = tracking.Run(run_id, tracking.get_run(run_id)["experiment_id"])
+            self.run.reopen()  # a pipeline rerun may have marked it KILLED meanwhile
             self.run.set_tags({"resumed": "true"})
         else:
             self.run = tracking.start_run(STAGES[self.phase], parent_run_id=parent_run_id, tags=tags)

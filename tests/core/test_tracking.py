@@ -66,3 +66,48 @@ def test_local_default_needs_no_server(local_tracking):
         run.log_metrics({"x": 2.0}, step=1)
     assert (local_tracking / "mlflow.db").is_file()
     assert tracking.get_run(run.run_id)["metrics"] == {"x": 2.0}
+
+
+def _run_with(tags: dict[str, str]) -> dict:
+    return {"tags": tags}
+
+
+def test_owner_is_alive_reads_host_pid_and_heartbeat():
+    import socket
+    import time
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    now, here = f"{time.time():.0f}", socket.gethostname()
+    owner = {tracking.HOST_TAG: here, tracking.PID_TAG: str(os.getpid()), tracking.HEARTBEAT_TAG: now}
+    assert tracking.owner_is_alive(_run_with(owner), stale_after_s=60)
+    assert not tracking.owner_is_alive(_run_with({**owner, tracking.PID_TAG: str(finished.pid)}), 60)  # gone
+    assert not tracking.owner_is_alive(_run_with({**owner, tracking.HEARTBEAT_TAG: str(time.time() - 61)}), 60)
+    elsewhere = {**owner, tracking.HOST_TAG: f"not-{here}", tracking.PID_TAG: str(finished.pid)}
+    assert tracking.owner_is_alive(_run_with(elsewhere), 60)  # another host: only the heartbeat tells
+    assert not tracking.owner_is_alive(_run_with({tracking.HOST_TAG: here}), 60)  # never beat
+
+
+def test_heartbeat_tags_the_run_while_the_block_runs(tracking_server):
+    import time
+
+    run = tracking.start_run("beating", tags={tracking.HEARTBEAT_TAG: "0"})
+    with tracking.heartbeat(run, every_s=0.05):
+        deadline = time.monotonic() + 30
+        while tracking.get_run(run.run_id)["tags"][tracking.HEARTBEAT_TAG] == "0":
+            assert time.monotonic() < deadline, "no heartbeat recorded"
+            time.sleep(0.05)
+    assert abs(float(tracking.get_run(run.run_id)["tags"][tracking.HEARTBEAT_TAG]) - time.time()) < 30
+
+
+def test_mark_killed_ends_the_run_and_its_running_children(tracking_server):
+    parent = tracking.start_run("dead-parent")
+    done = tracking.start_run("done-child", parent_run_id=parent.run_id)
+    done.finish()
+    running = tracking.start_run("running-child", parent_run_id=parent.run_id)
+    tracking.mark_killed(parent.run_id, {"why": "test"})
+    assert [(run["status"], run["tags"].get("why")) for run in map(tracking.get_run, (parent.run_id, running.run_id))] \
+        == [("KILLED", "test")] * 2
+    assert tracking.get_run(done.run_id)["status"] == "FINISHED"
+    running.reopen()  # a resumed stage continues its run
+    assert tracking.get_run(running.run_id)["status"] == "RUNNING"

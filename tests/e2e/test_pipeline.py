@@ -156,6 +156,11 @@ def test_killed_during_vae_training_resumes_to_the_same_weights(first_run, stack
     # Stages in other processes still nest under this pipeline run; resumed phase 1 keeps its first run.
     assert [child["name"] for child in tracking.child_runs(resumed["run_id"])] == ["vae-phase2", "vae-eval"]
     assert [child["name"] for child in tracking.child_runs(crashed["run_id"])] == STAGES[:4]
+    # The killed run does not stay RUNNING: the rerun marked it KILLED and links both ways; the phase-1
+    # run it left RUNNING was resumed and finished.
+    assert (crashed["status"], crashed["tags"]["t2v.superseded_by"]) == ("KILLED", resumed["run_id"])
+    assert resumed["tags"]["t2v.resumes"] == crashed["run_id"]
+    assert [child["status"] for child in tracking.child_runs(crashed["run_id"])] == ["FINISHED"] * 4
     assert storage.read_json(f"{run_root}/vae-phase1/metrics.json")["resumes"] == 1
     expected = storage.read_json(f"{first_run}/vae-phase2/manifest.json")["files"]["model/model.safetensors"]
     assert storage.sha256_bytes(storage.read_bytes(f"{run_root}/{FINAL_WEIGHTS}")) == expected["sha256"]

@@ -51,3 +51,50 @@ def test_a_malformed_override_fails_before_any_stage(tmp_path, local_tracking, p
     with pytest.raises(ValueError, match="<component>.<key>=<value>"):
         pipeline(run_root=str(tmp_path / "run"), overrides=["synth.colour=red"])
     assert not (tmp_path / "run").exists()
+
+
+def _earlier_parent(run_root: str, **owner: str) -> tracking.Run:
+    """A pipeline parent run left RUNNING on `run_root`, owned as `owner` says, with a RUNNING stage."""
+    from flows.pipeline import RUN_ROOT_TAG
+
+    parent = tracking.start_run("t2v-full", tags={RUN_ROOT_TAG: run_root, **tracking.owner_tags(), **owner})
+    tracking.start_run("synth", parent_run_id=parent.run_id)
+    return parent
+
+
+def test_runs_left_running_by_dead_pipelines_are_marked_killed(tmp_path, local_tracking, prefect_api):
+    import subprocess
+    import sys
+    import time
+
+    from flows.pipeline import STALE_AFTER_S, pipeline
+    from flows.stages import absolute_root
+
+    root = str(tmp_path / "run")
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    killed_here = _earlier_parent(absolute_root(root), **{tracking.PID_TAG: str(finished.pid)})
+    silent_elsewhere = _earlier_parent(absolute_root(root), **{
+        tracking.HOST_TAG: "another-host", tracking.HEARTBEAT_TAG: str(time.time() - STALE_AFTER_S - 1)})
+    other_root = _earlier_parent(str(tmp_path / "other"), **{tracking.PID_TAG: str(finished.pid)})
+
+    result = pipeline(run_root=root, num=3, seed=1, until="synth")
+    new = tracking.get_run(result["mlflow_run_id"])
+    assert new["status"] == "FINISHED"
+    assert new["tags"]["t2v.resumes"] == f"{killed_here.run_id},{silent_elsewhere.run_id}"
+    for earlier in (killed_here, silent_elsewhere):
+        runs = [tracking.get_run(earlier.run_id), *tracking.child_runs(earlier.run_id)]
+        assert [(run["status"], run["tags"]["t2v.superseded_by"]) for run in runs] == [("KILLED", new["run_id"])] * 2
+    assert tracking.get_run(other_root.run_id)["status"] == "RUNNING"  # another run root: not ours to judge
+
+
+def test_a_live_pipeline_keeps_its_run_root(tmp_path, local_tracking, prefect_api):
+    from flows.pipeline import RunRootInUse, pipeline
+    from flows.stages import absolute_root
+
+    root = str(tmp_path / "run")
+    live = _earlier_parent(absolute_root(root))  # this process, heartbeat now
+    with pytest.raises(RunRootInUse, match=rf"run root .* is in use by pipeline run {live.run_id} \(process "):
+        pipeline(run_root=root, num=3, seed=1, until="synth")
+    assert tracking.get_run(live.run_id)["status"] == "RUNNING"
+    assert not storage.exists(f"{root}/synth/manifest.json")
