@@ -81,6 +81,8 @@ class FilterConfig(StrictModel):
     # Seconds one video may take to read and measure; past it the video is rejected as `timeout` and its
     # worker process is replaced (a stalled read or a hung decoder must not stall the stage).
     video_timeout_s: float = Field(120.0, gt=0)
+    # Seconds a worker process may take to start (imports, scorer model load); past it the stage fails.
+    worker_start_timeout_s: float = Field(300.0, gt=0)
     min_frames: int = Field(9, ge=1)  # the smallest frame bucket of the preset (4k+1 frames)
     min_side: int = Field(32, ge=1)  # pixels; below: too small
     max_aspect_ratio: float = Field(3.0, ge=1)  # long side / short side; above: extreme

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from components.data.filter.pool import Failure, run_jobs
 from components.data.filter.stage import measure_all
 
@@ -20,6 +22,12 @@ def crash_or_stall(job: tuple) -> tuple[int, dict]:
     if index == 4:
         open(job[1], "rb").close()  # noqa: SIM115
     return index, {"sha256": f"sha{index}", "measured": {"index": index}, "cached": False}
+
+
+def stall_forever() -> None:
+    """Pool initializer (module level: spawn pickles it) that never returns, as a model load from a
+    stalled mount would."""
+    time.sleep(3600)
 
 
 def test_dead_and_stalled_workers_cost_only_their_video(tmp_path: Path) -> None:
@@ -43,3 +51,11 @@ def test_one_worker_goes_on_after_a_stall(tmp_path: Path) -> None:
     outcomes = dict((job[0], result) for job, result in run_jobs(jobs, workers=1, job_fn=crash_or_stall, timeout_s=1.0))
     assert outcomes[4] == Failure(timed_out=True)
     assert outcomes[3][1]["measured"] == {"index": 3} and outcomes[5][1]["measured"] == {"index": 5}
+
+
+def test_a_worker_that_never_starts_fails_the_run_in_time() -> None:
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"did not start within 3 s .*filter.worker_start_timeout_s"):
+        list(run_jobs([(0, "/videos/a.mp4")], workers=1, job_fn=crash_or_stall, timeout_s=1.0,
+                      initializer=stall_forever, start_timeout_s=3.0))
+    assert time.monotonic() - started < 20  # the stuck worker is killed, not waited for

@@ -3,7 +3,8 @@
 A decoder can hang inside C code (a stalled network mount, a named pipe, a pathological stream) where no
 Python signal handler runs, so the limit is kept by the parent: it hands each worker one job at a time,
 waits on all of them with a deadline, and kills a worker that passes it. A worker that dies (a decoder
-crash) is replaced as well. Either way the parent knows which job it was on, so only that job fails and
+crash) is replaced as well. Starting has a deadline too: a worker stuck in its imports or initializer
+(a model load from a stalled mount) fails the run with a clear error instead of stalling it. Either way the parent knows which job it was on, so only that job fails and
 the others go on; `concurrent.futures` pools can do neither (no per-job limit, and one dead worker breaks
 the whole pool).
 """
@@ -49,12 +50,13 @@ class Failure:
     exit_code: int | None = None
 
 
-def _start(context, job_fn: Callable[[Job], Any], initializer: Callable[[], None] | None) -> _Worker:
+def _start(context, job_fn: Callable[[Job], Any], initializer: Callable[[], None] | None,
+           start_timeout_s: float) -> _Worker:
     parent_end, child_end = context.Pipe()
     process = context.Process(target=_serve, args=(child_end, job_fn, initializer), daemon=True)
     process.start()
     child_end.close()  # the parent keeps only its end: a dead worker then reads as EOF
-    return _Worker(process, parent_end)
+    return _Worker(process, parent_end, deadline=time.monotonic() + start_timeout_s)
 
 
 def _stop(worker: _Worker, kill: bool) -> None:
@@ -81,15 +83,16 @@ def _poll(worker: _Worker) -> tuple[str, Any]:
 
 
 def run_jobs(jobs: list[Job], workers: int, job_fn: Callable[[Job], Any], timeout_s: float,
-             initializer: Callable[[], None] | None = None) -> Iterator[tuple[Job, Any]]:
+             initializer: Callable[[], None] | None = None,
+             start_timeout_s: float = 300.0) -> Iterator[tuple[Job, Any]]:
     """Yield `(job, result)` for every job, in completion order; `result` is a `Failure` for a job whose
-    worker passed `timeout_s` on it or died. `job_fn` and `initializer` must be picklable (module level):
+    worker passed `timeout_s` on it or died. A worker not ready within `start_timeout_s` raises. `job_fn` and `initializer` must be picklable (module level):
     workers are spawned, not forked (a forked copy of a process holding torch or threads is unsafe)."""
     if not jobs:
         return
     context = get_context("spawn")
     pending = deque(jobs)
-    pool = [_start(context, job_fn, initializer) for _ in range(max(1, min(workers, len(jobs))))]
+    pool = [_start(context, job_fn, initializer, start_timeout_s) for _ in range(max(1, min(workers, len(jobs))))]
 
     def hand_out(worker: _Worker) -> None:
         worker.job = pending.popleft() if pending else None
@@ -101,7 +104,7 @@ def run_jobs(jobs: list[Job], workers: int, job_fn: Callable[[Job], Any], timeou
         _stop(worker, kill=True)
         pool.remove(worker)
         if pending:
-            pool.append(_start(context, job_fn, initializer))
+            pool.append(_start(context, job_fn, initializer, start_timeout_s))
 
     try:
         while pending or any(w.job is not None for w in pool):
@@ -125,10 +128,15 @@ def run_jobs(jobs: list[Job], workers: int, job_fn: Callable[[Job], Any], timeou
                         if job is not None:
                             yield job, Failure(timed_out=False, exit_code=worker.process.exitcode)
                         continue
-                if worker.job is not None and time.monotonic() >= worker.deadline:
+                if time.monotonic() < worker.deadline:
+                    continue
+                if not worker.ready:
+                    raise RuntimeError(f"a filter worker process did not start within {start_timeout_s:g} s "
+                                       "(imports and model loading; filter.worker_start_timeout_s)")
+                if worker.job is not None:
                     job = worker.job
                     replace(worker)
                     yield job, Failure(timed_out=True)
     finally:
         for worker in pool:
-            _stop(worker, kill=worker.job is not None)
+            _stop(worker, kill=worker.job is not None or not worker.ready)

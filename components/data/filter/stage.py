@@ -103,14 +103,15 @@ def _check_entry(index: int, entry: Any, root: str, seen: dict[str, int]) -> tup
 
 
 def measure_all(jobs: list[tuple[int, str, dict, str]], workers: int, timeout_s: float,
-                job_fn: Callable = measure_job, initializer: Callable[[], None] | None = None) -> dict[int, dict[str, Any]]:
+                job_fn: Callable = measure_job, initializer: Callable[[], None] | None = None,
+                start_timeout_s: float = 300.0) -> dict[int, dict[str, Any]]:
     """`{index: result}` for every job, measured in worker processes (always: only a separate process can
     be stopped when a decoder hangs inside C code). A video whose worker passes `timeout_s` is rejected as
     `timeout`, one whose worker dies (a decoder crash) as `error`; the worker is replaced and the other
     videos go on."""
     results: dict[int, dict[str, Any]] = {}
     with tqdm(total=len(jobs), desc="filter", unit="video", disable=None) as progress:
-        for job, outcome in run_jobs(jobs, workers, job_fn, timeout_s, initializer):
+        for job, outcome in run_jobs(jobs, workers, job_fn, timeout_s, initializer, start_timeout_s):
             index, uri = job[0], job[1]
             if not isinstance(outcome, Failure):
                 results[index] = outcome[1]
@@ -173,7 +174,8 @@ def run_filter(
             else:
                 jobs.append((index, uri, settings, cache_dir))
         results = measure_all(jobs, workers, config.video_timeout_s,
-                              initializer=functools.partial(warm_up, settings["aesthetic"]))
+                              initializer=functools.partial(warm_up, settings["aesthetic"]),
+                              start_timeout_s=config.worker_start_timeout_s)
         elapsed = time.perf_counter() - started
 
         kept, kept_by_sha, measured_rows = [], {}, []
