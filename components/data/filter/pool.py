@@ -3,10 +3,10 @@
 A decoder can hang inside C code (a stalled network mount, a named pipe, a pathological stream) where no
 Python signal handler runs, so the limit is kept by the parent: it hands each worker one job at a time,
 waits on all of them with a deadline, and kills a worker that passes it. A worker that dies (a decoder
-crash) is replaced as well. Starting has a deadline too: a worker stuck in its imports or initializer
-(a model load from a stalled mount) fails the run with a clear error instead of stalling it. Either way the parent knows which job it was on, so only that job fails and
+crash) is replaced as well. Either way the parent knows which job it was on, so only that job fails and
 the others go on; `concurrent.futures` pools can do neither (no per-job limit, and one dead worker breaks
-the whole pool).
+the whole pool). Starting has a deadline too: a worker stuck in its imports or initializer (a model load
+from a stalled mount) fails the run with a clear error instead of stalling it.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def run_jobs(jobs: list[Job], workers: int, job_fn: Callable[[Job], Any], timeou
              initializer: Callable[[], None] | None = None,
              start_timeout_s: float = 300.0) -> Iterator[tuple[Job, Any]]:
     """Yield `(job, result)` for every job, in completion order; `result` is a `Failure` for a job whose
-    worker passed `timeout_s` on it or died. A worker not ready within `start_timeout_s` raises. `job_fn` and `initializer` must be picklable (module level):
-    workers are spawned, not forked (a forked copy of a process holding torch or threads is unsafe)."""
+    worker passed `timeout_s` on it or died; a worker not ready within `start_timeout_s` raises. `job_fn`
+    and `initializer` must be picklable (module level): workers are spawned, not forked (a forked copy of
+    a process holding torch or threads is unsafe)."""
     if not jobs:
         return
     context = get_context("spawn")
