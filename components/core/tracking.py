@@ -235,10 +235,10 @@ def owner_is_alive(run: Mapping[str, Any], stale_after_s: float) -> bool:
     return True
 
 
-def running_runs(tag: str, value: str, experiment: str | None = None) -> list[dict[str, Any]]:
-    """RUNNING runs of the experiment whose tag `tag` is `value`, oldest first."""
+def running_runs(tag: str, value: str) -> list[dict[str, Any]]:
+    """RUNNING runs of the experiment (as `start_run` picks it) whose tag `tag` is `value`, oldest first."""
     client = _client()
-    experiment_id = _experiment_id(client, experiment or os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    experiment_id = _experiment_id(client, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
     # Few runs are RUNNING: filter the tag here rather than quote an arbitrary value into a filter string.
     runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
                               order_by=["start_time ASC"])
