@@ -423,7 +423,10 @@ class Decoder(nn.Module):
         h = self.mid(h)  # (B, C, t, h, w)
         for level in reversed(self.up):
             for block in level.block:
-                h = _run(block, h, batch)  # (.., Ci, .., H_i, W_i)
+                # Per res-block, not around the whole decoder: the upsamplers' temporaries would grow the
+                # kept heap and raise the peak (bench/RESULTS.md).
+                with reuse_freed_memory():
+                    h = _run(block, h, batch)  # (.., Ci, .., H_i, W_i)
             if level.resample() is not None:
                 h = _run(level.resample(), h, batch)  # (B, Ci, T_i', 2H_i, 2W_i)
         if h.dim() == 4:
@@ -451,8 +454,7 @@ class CausalVAE(nn.Module):
         """Untiled encoder: (B, 3, T, H, W) -> moments (B, 2*embed_dim, t, h, w)."""
         if _no_grad():
             # Chunked inference frees and reallocates the same tensors chunk after chunk: keeping freed
-            # memory saves the kernel's page faults (encode 42.8 -> 36 s, bench/RESULTS.md). Not in
-            # decode, whose whole-clip activations of growing sizes would fragment the kept heap.
+            # memory saves the kernel's page faults (encode 42.8 -> 36 s, bench/RESULTS.md).
             with reuse_freed_memory():
                 moments = self.encoder(channels_last(video))  # (B, 2z, t, h, w)
         else:
