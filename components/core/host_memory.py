@@ -38,13 +38,14 @@ _LIBC = _glibc()
 
 
 @contextmanager
-def reuse_freed_memory() -> Iterator[None]:
+def reuse_freed_memory(enabled: bool = True) -> Iterator[None]:
     """Within this block, freed host memory is kept and reused instead of returned to the kernel.
 
-    Nests and is thread safe: the policy holds while any thread is inside a block.
+    Nests and is thread safe: the policy holds while any thread is inside a block. `enabled=False` (work
+    whose tensors live on an accelerator, which host allocations do not slow) leaves the policy alone.
     """
     global _depth
-    if _LIBC is None:
+    if _LIBC is None or not enabled:
         yield
         return
     with _lock:

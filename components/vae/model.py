@@ -425,7 +425,7 @@ class Decoder(nn.Module):
             for block in level.block:
                 # Per res-block, not around the whole decoder: the upsamplers' temporaries would grow the
                 # kept heap and raise the peak (bench/RESULTS.md).
-                with reuse_freed_memory():
+                with reuse_freed_memory(enabled=h.device.type == "cpu"):
                     h = _run(block, h, batch)  # (.., Ci, .., H_i, W_i)
             if level.resample() is not None:
                 h = _run(level.resample(), h, batch)  # (B, Ci, T_i', 2H_i, 2W_i)
@@ -455,7 +455,7 @@ class CausalVAE(nn.Module):
         if _no_grad():
             # Chunked inference frees and reallocates the same tensors chunk after chunk: keeping freed
             # memory saves the kernel's page faults (encode 42.8 -> 36 s, bench/RESULTS.md).
-            with reuse_freed_memory():
+            with reuse_freed_memory(enabled=video.device.type == "cpu"):
                 moments = self.encoder(channels_last(video))  # (B, 2z, t, h, w)
         else:
             moments = self.encoder(video)

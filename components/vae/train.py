@@ -251,7 +251,8 @@ class _Trainer:
                 self._save_checkpoint()  # step 0: a rollback target even before the first interval
             started = time.perf_counter()
             start_step = self.step
-            with reuse_freed_memory():  # every step reallocates the same tensors (CPU steps ~1.3x faster)
+            # Every step reallocates the same tensors: keeping freed memory makes CPU steps ~1.3x faster.
+            with reuse_freed_memory(enabled=self.device.type == "cpu"):
                 self._fit()
             seconds = time.perf_counter() - started
             return self._finish(seconds, self.step - start_step)

@@ -48,3 +48,8 @@ def test_nested_blocks_keep_the_policy_until_the_outer_one_ends():
             pass
         assert _faults_per_allocation() < PAGES / 50
     assert _resident_bytes() - resident < BLOCK_FLOATS * 4 / 4
+
+
+def test_disabled_blocks_leave_the_policy_alone():
+    with reuse_freed_memory(enabled=False):
+        assert _faults_per_allocation() > PAGES / 2
