@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.core.host_memory import reuse_freed_memory
+from components.core.host_memory import release_freed_memory, reuse_freed_memory
 from components.vae import streaming
 from components.vae.config import VAEModelConfig
 from components.vae.posterior import DiagonalGaussian
@@ -468,7 +468,10 @@ class CausalVAE(nn.Module):
             latents = channels_last(latents)
         if self.post_quant_conv is not None:
             latents = self.post_quant_conv(latents)  # (B, z, t, h, w)
-        return self.decoder(latents).contiguous()  # (B, 3, 1 + 4(t-1), 8h, 8w)
+        video = self.decoder(latents).contiguous()  # (B, 3, 1 + 4(t-1), 8h, 8w)
+        if latents.device.type == "cpu":
+            release_freed_memory()  # res-block outputs came from the kept heap (Decoder.forward)
+        return video
 
     def encode(self, video: torch.Tensor) -> DiagonalGaussian:
         """(B, 3, T, H, W) in [-1, 1] -> posterior over (B, embed_dim, t, h, w); tiled when configured."""
