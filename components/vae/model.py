@@ -14,7 +14,9 @@ Engineering differences to the reference, at equal outputs (§9.16):
   GroupNorm + swish fused into the convolutions, residuals added in place, the causal front padding
   folded into the kernel, temporal Winograd: a res-block keeps at most its input, one intermediate and
   its output alive. With autograd the plain formulation runs (training), with the same results up to
-  float rounding.
+  float rounding;
+- on CPU, the encoder and each decoder res-block keep freed host memory for reuse
+  (`core.host_memory`), so chunks stop page-faulting in the same tensors again and again.
 """
 
 from __future__ import annotations
