@@ -21,6 +21,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 Job = tuple  # picklable, job[0] identifies it
+START_TIMEOUT_S = 300.0  # default seconds for a worker to become ready (imports, initializer)
 
 
 def _serve(conn: Connection, job_fn: Callable[[Job], Any], initializer: Callable[[], None] | None) -> None:
@@ -38,7 +39,7 @@ class _Worker:
     conn: Connection
     ready: bool = False
     job: Job | None = None
-    deadline: float = float("inf")
+    deadline: float = float("inf")  # to become ready while not `ready`, then to finish `job`
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _poll(worker: _Worker) -> tuple[str, Any]:
 
 def run_jobs(jobs: list[Job], workers: int, job_fn: Callable[[Job], Any], timeout_s: float,
              initializer: Callable[[], None] | None = None,
-             start_timeout_s: float = 300.0) -> Iterator[tuple[Job, Any]]:
+             start_timeout_s: float = START_TIMEOUT_S) -> Iterator[tuple[Job, Any]]:
     """Yield `(job, result)` for every job, in completion order; `result` is a `Failure` for a job whose
     worker passed `timeout_s` on it or died; a worker not ready within `start_timeout_s` raises. `job_fn`
     and `initializer` must be picklable (module level): workers are spawned, not forked (a forked copy of

@@ -35,7 +35,7 @@ from components.data.annotations import annotations_root, caption_text, containe
 from components.data.config import FilterConfig, load_data_config
 from components.data.filter.aesthetic import build_scorer
 from components.data.filter.measure import measure_job, measurement_key, warm_up
-from components.data.filter.pool import Failure, run_jobs
+from components.data.filter.pool import START_TIMEOUT_S, Failure, run_jobs
 from components.data.filter.report import build_report, write_histograms, write_markdown
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _check_entry(index: int, entry: Any, root: str, seen: dict[str, int]) -> tup
 
 def measure_all(jobs: list[tuple[int, str, dict, str]], workers: int, timeout_s: float,
                 job_fn: Callable = measure_job, initializer: Callable[[], None] | None = None,
-                start_timeout_s: float = 300.0) -> dict[int, dict[str, Any]]:
+                start_timeout_s: float = START_TIMEOUT_S) -> dict[int, dict[str, Any]]:
     """`{index: result}` for every job, measured in worker processes (always: only a separate process can
     be stopped when a decoder hangs inside C code). A video whose worker passes `timeout_s` is rejected as
     `timeout`, one whose worker dies (a decoder crash) as `error`; the worker is replaced and the other
