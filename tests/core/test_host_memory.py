@@ -81,10 +81,12 @@ def test_memory_freed_after_the_block_is_released_on_request():
 out = {"resident_before": resident()}
 with reuse_freed_memory():
     kept = torch.ones(FLOATS)  # allocated in the kept heap, freed after the block
+    above = torch.ones(FLOATS)  # keeps `kept` off the heap's top, which glibc would trim on free
 del kept
 out["held"] = resident() - out["resident_before"]
 release_freed_memory()
 out["released"] = resident() - out["resident_before"]
 """)
-    assert out["held"] > 0.5
-    assert out["released"] < 0.25
+    # In blocks over the start: `above` (alive) plus `kept` (freed) while held, `above` alone once released.
+    assert out["held"] > 1.5
+    assert out["released"] < 1.25
