@@ -94,7 +94,9 @@ def official_to_config(raw: dict[str, Any], source: str = CONFIG_FILE) -> DiTMod
             raise fail(key, "is not a known Open-Sora Plan OpenSoraT2V setting")
     for key in ("interpolation_scale_t", "interpolation_scale_h", "interpolation_scale_w"):
         fields.setdefault(key, defaults[key])
-    if "sample_size" in fields:
+    if fields.get("out_channels") is None and "in_channels" in fields:
+        fields["out_channels"] = fields["in_channels"]  # the reference's default for a null out_channels
+    if fields.get("sample_size") is not None:
         fields["sample_size"] = _pair(fields["sample_size"])
     try:
         config = DiTModelConfig.model_validate(fields)

@@ -155,3 +155,10 @@ def test_truncated_or_pickled_weights_are_refused_naming_the_file(official_folde
 def test_a_folder_without_config_is_not_a_dit(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a DiT folder"):
         load_dit(tmp_path)
+
+
+def test_reference_shorthands_in_configs(official_folder):
+    raw = json.loads((official_folder / CONFIG_FILE).read_text())
+    raw.update(out_channels=None, sample_size=16)  # the reference's defaults: out = in; an int is square
+    config = official_to_config(raw)
+    assert config.out_channels == config.in_channels == 4 and config.sample_size == (16, 16)
