@@ -29,6 +29,7 @@ from components.dit.rope import RoPE3D, apply_rope
 
 # The reference's bias for masked keys (§2.5); exp(-10000) is exactly 0 in every float dtype we use.
 MASKED_BIAS = -10000.0
+FF_CHUNK_BYTES = 64 * 2**20  # bound on the MLP's hidden activation per chunk in inference
 
 
 class Attention(nn.Module):
@@ -52,7 +53,8 @@ class Attention(nn.Module):
         v = self.to_v(context).view(batch, keys, self.heads, self.head_dim)
         if rope is not None:
             cos, sin, chunk = rope
-            q, k = apply_rope(q, cos, sin, chunk), apply_rope(k, cos, sin, chunk)
+            inplace = not torch.is_grad_enabled()  # q and k are this call's own tensors
+            q, k = apply_rope(q, cos, sin, chunk, inplace), apply_rope(k, cos, sin, chunk, inplace)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=bias)  # (B, heads, N, d)
         out = out.transpose(1, 2).reshape(batch, queries, self.heads * self.head_dim)  # (B, N, D)
@@ -82,8 +84,16 @@ class TransformerBlock(nn.Module):
         h = torch.addcmul(shift_msa, self.norm1(x), 1 + scale_msa)
         x = torch.addcmul(x, gate_msa, self.attn1(h, h, self_bias, rope))
         x = x + self.attn2(x, context, context_bias)  # query unnormalised, no gate (PixArt)
-        h = torch.addcmul(shift_mlp, self.norm2(x), 1 + scale_mlp)
-        return torch.addcmul(x, gate_mlp, self.ff(h))  # (B, N, D)
+        if torch.is_grad_enabled():
+            h = torch.addcmul(shift_mlp, self.norm2(x), 1 + scale_mlp)
+            return torch.addcmul(x, gate_mlp, self.ff(h))  # (B, N, D)
+        # Inference: the MLP in token chunks, so its 4x-wide hidden layer never exists for all tokens at
+        # once (at 9,600 tokens it would be the largest tensor of the pass); x is this block's own tensor.
+        step = max(1, FF_CHUNK_BYTES // (batch * 4 * dim * x.element_size()))
+        for start in range(0, x.shape[1], step):
+            part = x[:, start:start + step]  # (B, n, D), a view updated in place
+            part.addcmul_(gate_mlp, self.ff(torch.addcmul(shift_mlp, self.norm2(part), 1 + scale_mlp)))
+        return x
 
 
 class PatchEmbed(nn.Module):

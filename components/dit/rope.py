@@ -74,7 +74,12 @@ def swap_halves(x: torch.Tensor, chunk: int) -> torch.Tensor:
     return x.reshape(*shape[:-1], shape[-1] // chunk, 2, chunk // 2).flip(-2).reshape(shape)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunk: int) -> torch.Tensor:
-    """x: (B, N, heads, head_dim); cos/sin: (N, head_dim). Returns the rotated x, same shape."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunk: int,
+               inplace: bool = False) -> torch.Tensor:
+    """x: (B, N, heads, head_dim); cos/sin: (N, head_dim). Returns the rotated x, same shape (x itself,
+    rotated in place, when `inplace`: for inference, where x is a projection's own output)."""
     cos, sin = cos[:, None], sin[:, None]  # (N, 1, head_dim): broadcast over heads
-    return torch.addcmul(x * cos, swap_halves(x, chunk), sin)
+    swapped = swap_halves(x, chunk)
+    if inplace:
+        return x.mul_(cos).addcmul_(swapped, sin)
+    return torch.addcmul(x * cos, swapped, sin)

@@ -186,3 +186,14 @@ def test_sizes_off_the_patch_grid_are_clear_errors(small_config, shape, field):
 def test_config_rejects_a_head_width_rope_cannot_split():
     with pytest.raises(ValueError, match="multiple of 6"):
         DiTModelConfig(attention_head_dim=64)
+
+
+def test_inference_path_equals_the_autograd_path(small_config, monkeypatch):
+    # Without autograd RoPE runs in place and the MLP in token chunks: force several chunks.
+    import components.dit.model as model_module
+
+    monkeypatch.setattr(model_module, "FF_CHUNK_BYTES", 2 * 4 * small_config.hidden_size * 4 * 7)  # 7 tokens
+    model, inputs = _model(small_config), make_inputs()
+    with torch.no_grad():
+        chunked = model(**inputs)
+    torch.testing.assert_close(chunked, model(**inputs).detach(), rtol=0, atol=1e-6)
