@@ -49,6 +49,10 @@ class DiTModelConfig(StrictModel):
     zero_init: bool = False
     # Recompute each block in the backward pass instead of keeping its activations (training only).
     gradient_checkpointing: bool = False
+    # Training: also recompute the MLP in chunks of this many tokens during backward, so its 4x-wide hidden
+    # layer never exists for all tokens at once (the largest activation of a block): less memory for long
+    # videos at the price of one more MLP forward per step. None: the MLP runs whole.
+    mlp_checkpoint_tokens: int | None = Field(None, gt=0)
 
     @property
     def hidden_size(self) -> int:
