@@ -1,0 +1,192 @@
+"""The text encoder: tiny seeded encoder, Hugging Face T5/mT5 folders, our saved folder, offline errors."""
+
+import json
+
+import pytest
+import torch
+
+from components.core.config import ConfigError, validate_config
+from components.dit.text import (
+    SETTINGS_FILE,
+    TextEncoderConfig,
+    TinyTextEncoderConfig,
+    build_tiny,
+    load_text_encoder,
+)
+
+CAPTIONS = [
+    "a red circle moving left on a blue background",
+    "a blue square moving right on a red background",
+    "",
+    "A green triangle moving up on a black background",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_text_encoder(TextEncoderConfig(source="tiny", max_length=64))
+
+
+def test_tiny_encode_shapes_mask_and_dtype(tiny):
+    text, mask = tiny.encode(CAPTIONS)
+    assert tiny.d_model == 64
+    assert text.shape == (4, 64, 64) and text.dtype == torch.float32  # fp32 on CPU under precision "auto"
+    assert mask.shape == (4, 64) and mask.dtype == torch.int64
+    # byte-level: one token per byte of the cleaned caption, plus </s>; valid tokens come first
+    assert mask.sum(dim=1).tolist() == [len(c) + 1 for c in CAPTIONS] == [46, 47, 1, 49]
+    assert torch.equal(mask[0, :46], torch.ones(46, dtype=torch.int64)) and mask[0, 46:].sum() == 0
+    assert torch.isfinite(text).all()
+
+
+def test_empty_caption_is_end_of_sequence_then_padding(tiny):
+    input_ids, mask = tiny.tokenize([""])
+    assert input_ids[0, 0].item() == tiny.tokenizer.eos_token_id
+    assert (input_ids[0, 1:] == tiny.tokenizer.pad_token_id).all() and mask[0].tolist() == [1] + [0] * 63
+    empty, _ = tiny.encode([""])
+    caption, _ = tiny.encode([CAPTIONS[0]])
+    assert empty[0, 0].abs().sum() > 0  # a real encoding of </s>, not a null embedding
+    assert not torch.allclose(empty[0, 0], caption[0, 0], atol=0.1)
+
+
+def test_different_captions_give_clearly_different_embeddings(tiny):
+    text, mask = tiny.encode(CAPTIONS[:2])
+    # "red circle ... left" vs "blue square ... right": same length class, different words
+    difference = (text[0, :45] - text[1, :45]).norm(dim=-1)  # (45,)
+    scale = text[0, :45].norm(dim=-1)
+    assert (difference / scale).mean() > 0.3
+    # a capitalised, unclean copy of a caption cleans to the same text and so to the same embeddings
+    again, _ = tiny.encode(["  A RED Circle moving left on a blue background  "])
+    assert torch.equal(again[0], text[0])
+
+
+def test_padding_does_not_change_valid_tokens():
+    long = load_text_encoder(TextEncoderConfig(source="tiny", max_length=128))
+    short = load_text_encoder(TextEncoderConfig(source="tiny", max_length=64))
+    padded, mask = long.encode(CAPTIONS)
+    trimmed, trimmed_mask = long.encode(CAPTIONS, pad_to_max=False)
+    other, _ = short.encode(CAPTIONS)
+    assert trimmed.shape == (4, 49, 64) and torch.equal(trimmed_mask, mask[:, :49])  # longest caption: 48 + </s>
+    for row, length in enumerate(mask.sum(dim=1).tolist()):
+        torch.testing.assert_close(trimmed[row, :length], padded[row, :length], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(other[row, :length], padded[row, :length], atol=1e-5, rtol=1e-5)
+    # a caption encoded alone equals the same caption in a batch
+    alone, _ = long.encode(CAPTIONS[3:], pad_to_max=False)
+    torch.testing.assert_close(alone[0], trimmed[3], atol=1e-5, rtol=1e-5)
+
+
+def test_truncation_keeps_end_of_sequence():
+    encoder = load_text_encoder(TextEncoderConfig(source="tiny", max_length=16))
+    input_ids, mask = encoder.tokenize([CAPTIONS[0]])
+    assert mask.sum().item() == 16 and input_ids[0, -1].item() == encoder.tokenizer.eos_token_id
+    text, _ = encoder.encode([CAPTIONS[0]])
+    assert text.shape == (1, 16, 64)
+
+
+def test_tiny_weights_come_from_the_seed_alone():
+    first, _ = build_tiny(TinyTextEncoderConfig(seed=7))
+    torch.manual_seed(123)  # the global generator must not matter
+    second, _ = build_tiny(TinyTextEncoderConfig(seed=7))
+    other, _ = build_tiny(TinyTextEncoderConfig(seed=8))
+    a, b, c = first.state_dict(), second.state_dict(), other.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["shared.weight"], c["shared.weight"])
+    # the embedding table is the generator's first draw, at unit std
+    assert torch.equal(a["shared.weight"], torch.randn(384, 64, generator=torch.Generator().manual_seed(7)))
+
+
+def test_embeddings_can_feed_a_model_in_training(tiny):
+    text, _ = tiny.encode(CAPTIONS[:1])  # computed under inference mode inside encode
+    projection = torch.nn.Linear(64, 8)
+    projection(text).sum().backward()
+    assert projection.weight.grad is not None and not text.requires_grad
+
+
+def test_save_and_reload_our_folder(tmp_path, tiny):
+    folder = tmp_path / "text-encoder"
+    tiny.save(folder)
+    assert {"config.json", "model.safetensors", SETTINGS_FILE} <= {p.name for p in folder.iterdir()}
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
+    assert settings["max_length"] == 64 and settings["clean_captions"] is True and settings["keep_chinese"] is True
+
+    loaded = load_text_encoder(folder)  # the folder's own settings apply
+    assert loaded.max_length == 64 and loaded.d_model == 64
+    expected, expected_mask = tiny.encode(CAPTIONS)
+    text, mask = loaded.encode(CAPTIONS)
+    assert torch.equal(text, expected) and torch.equal(mask, expected_mask)
+
+    # a config's explicit fields win over the folder's; unset ones still come from it
+    overridden = load_text_encoder(TextEncoderConfig(source=str(folder), max_length=32))
+    assert overridden.max_length == 32 and overridden.keep_chinese is True
+
+
+def test_save_and_reload_through_s3(s3_bucket, tiny):
+    uri = f"{s3_bucket}/runs/text-encoder"
+    tiny.save(uri)
+    loaded = load_text_encoder(uri)
+    assert torch.equal(loaded.encode(CAPTIONS)[0], tiny.encode(CAPTIONS)[0])
+
+
+def _tiny_unigram_tokenizer():
+    """A T5 (sentencepiece-unigram) tokenizer with a handful of pieces, built without any file."""
+    from transformers import T5Tokenizer
+
+    pieces = ["▁a", "▁red", "▁blue", "▁circle", "▁square", "▁moving", "▁left", "▁right", "▁on",
+              "▁background", "▁一只猫", "▁", "a", "e", "r", "l", "t", "o", "n"]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p, -1.0 - i) for i, p in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+@pytest.mark.parametrize("model_type", ["mt5", "t5"])
+def test_hugging_face_folder_loads_and_encodes_like_the_model_itself(tmp_path, model_type):
+    from transformers import MT5Config, MT5EncoderModel, T5Config, T5EncoderModel
+
+    config_class, model_class = {"mt5": (MT5Config, MT5EncoderModel), "t5": (T5Config, T5EncoderModel)}[model_type]
+    tokenizer = _tiny_unigram_tokenizer()
+    torch.manual_seed(0)
+    reference = model_class(config_class(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                         num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0)).eval()
+    folder = tmp_path / model_type
+    reference.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    encoder = load_text_encoder(TextEncoderConfig(source=str(folder), max_length=12))
+    assert type(encoder.model) is model_class and encoder.d_model == 32
+    assert encoder.keep_chinese is (model_type == "mt5")  # T5's vocabulary has no Chinese
+    captions = ["A red circle moving left", "", "<b>blue</b> square"]
+    text, mask = encoder.encode(captions)
+
+    tokens = tokenizer(["a red circle moving left", "", "blue square"], max_length=12, padding="max_length",
+                       truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**tokens).last_hidden_state
+    assert torch.equal(mask, tokens["attention_mask"]) and mask.sum(dim=1).tolist() == [6, 1, 3]
+    torch.testing.assert_close(text, expected, atol=0, rtol=0)
+
+
+def test_bf16_precision(tiny):
+    encoder = load_text_encoder(TextEncoderConfig(source="tiny", max_length=64, precision="bf16"))
+    text, _ = encoder.encode(CAPTIONS[:1])
+    assert encoder.dtype == torch.bfloat16 and text.dtype == torch.bfloat16
+    torch.testing.assert_close(text.float(), tiny.encode(CAPTIONS[:1])[0], atol=0.1, rtol=0.1)
+
+
+def test_nothing_downloads_by_default_and_errors_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"text.source t2v-tests/no-such-encoder: not a local folder "
+                                                r"and not in the Hugging Face cache; .*text.allow_download=true"):
+        load_text_encoder("t2v-tests/no-such-encoder")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_text_encoder(str(tmp_path / "missing" / "encoder"))
+    with pytest.raises(FileNotFoundError, match=r"not a model folder \(no config.json\)"):
+        load_text_encoder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="model_type 'bert' is not a T5-family encoder"):
+        load_text_encoder(tmp_path)
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match="text.yaml: unknown key 'tiny.width'"):
+        validate_config(TextEncoderConfig, {"tiny": {"width": 3}}, "text.yaml")
+    with pytest.raises(ConfigError, match="key 'max_length'"):
+        validate_config(TextEncoderConfig, {"max_length": 0}, "text.yaml")
+    with pytest.raises(TypeError, match="a list of captions"):
+        load_text_encoder(TextEncoderConfig(max_length=8)).encode("one string")
