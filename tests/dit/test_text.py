@@ -126,40 +126,62 @@ def test_save_and_reload_through_s3(s3_bucket, tiny):
     assert torch.equal(loaded.encode(CAPTIONS)[0], tiny.encode(CAPTIONS)[0])
 
 
-def _tiny_unigram_tokenizer():
-    """A T5 (sentencepiece-unigram) tokenizer with a handful of pieces, built without any file."""
+def _write_sentencepiece_tokenizer(folder):
+    """A hub-style mT5 tokenizer: only `spiece.model` (trained here on a few captions) and its settings."""
+    import io
+
+    import sentencepiece
+
+    captions = ["a red circle moving left on a blue background", "a blue square moving right", "一只猫在草地上奔跑"]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions * 10), model_writer=model, vocab_size=48, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2,
+    )
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 0}))
+
+
+def _write_unigram_tokenizer(folder):
+    """A T5 tokenizer saved as `tokenizer.json`, built from a handful of pieces."""
     from transformers import T5Tokenizer
 
-    pieces = ["▁a", "▁red", "▁blue", "▁circle", "▁square", "▁moving", "▁left", "▁right", "▁on",
-              "▁background", "▁一只猫", "▁", "a", "e", "r", "l", "t", "o", "n"]
+    pieces = ["▁a", "▁red", "▁blue", "▁circle", "▁square", "▁moving", "▁left", "▁right", "▁", "e", "r", "l"]
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p, -1.0 - i) for i, p in enumerate(pieces)]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(folder)
 
 
 @pytest.mark.parametrize("model_type", ["mt5", "t5"])
 def test_hugging_face_folder_loads_and_encodes_like_the_model_itself(tmp_path, model_type):
-    from transformers import MT5Config, MT5EncoderModel, T5Config, T5EncoderModel
+    """mt5: a hub-like folder (whole encoder-decoder model, spiece.model); t5: an encoder and tokenizer.json."""
+    from transformers import AutoTokenizer, MT5Config, MT5ForConditionalGeneration, T5Config, T5EncoderModel
 
-    config_class, model_class = {"mt5": (MT5Config, MT5EncoderModel), "t5": (T5Config, T5EncoderModel)}[model_type]
-    tokenizer = _tiny_unigram_tokenizer()
-    torch.manual_seed(0)
-    reference = model_class(config_class(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                         num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0)).eval()
     folder = tmp_path / model_type
+    folder.mkdir()
+    if model_type == "mt5":
+        _write_sentencepiece_tokenizer(folder)
+    else:
+        _write_unigram_tokenizer(folder)
+    config_class, model_class = {"mt5": (MT5Config, MT5ForConditionalGeneration), "t5": (T5Config, T5EncoderModel)}[
+        model_type]
+    torch.manual_seed(0)
+    reference = model_class(config_class(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                         num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0)).eval()
     reference.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # chosen by config.json's model_type, as on the hub
+    assert len(tokenizer) <= 64
 
     encoder = load_text_encoder(TextEncoderConfig(source=str(folder), max_length=12))
-    assert type(encoder.model) is model_class and encoder.d_model == 32
+    assert type(encoder.model).__name__ == f"{model_type.upper()}EncoderModel" and encoder.d_model == 32
     assert encoder.keep_chinese is (model_type == "mt5")  # T5's vocabulary has no Chinese
-    captions = ["A red circle moving left", "", "<b>blue</b> square"]
+    captions = ["A red circle moving left", "", "<b>blue</b> square 一只猫"]
     text, mask = encoder.encode(captions)
 
-    tokens = tokenizer(["a red circle moving left", "", "blue square"], max_length=12, padding="max_length",
-                       truncation=True, return_tensors="pt")
+    cleaned = ["a red circle moving left", "", "blue square 一只猫" if model_type == "mt5" else "blue square"]
+    tokens = tokenizer(cleaned, max_length=12, padding="max_length", truncation=True, return_tensors="pt")
     with torch.no_grad():
-        expected = reference(**tokens).last_hidden_state
-    assert torch.equal(mask, tokens["attention_mask"]) and mask.sum(dim=1).tolist() == [6, 1, 3]
+        expected = reference.get_encoder()(**tokens).last_hidden_state
+    assert torch.equal(mask, tokens["attention_mask"]) and mask[1].sum() == 1
     torch.testing.assert_close(text, expected, atol=0, rtol=0)
 
 
