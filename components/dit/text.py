@@ -252,7 +252,7 @@ def _load_local_or_hub(config: TextEncoderConfig, dtype: torch.dtype) -> TextEnc
         raise NotADirectoryError(f"text.source {config.source}: not a folder; point it at a T5/mT5 model folder")
     if not _HUB_ID.fullmatch(config.source):
         raise FileNotFoundError(f"text.source {config.source}: no such folder")
-    return _load_pretrained(config.source, config, dtype, saved={})
+    return _load_pretrained(config.source, config, dtype, saved={}, from_hub=True)
 
 
 def _load_folder(folder: Path, config: TextEncoderConfig, dtype: torch.dtype) -> TextEncoder:
@@ -264,7 +264,7 @@ def _load_folder(folder: Path, config: TextEncoderConfig, dtype: torch.dtype) ->
         saved = json.loads((folder / SETTINGS_FILE).read_text())
         if saved.get("format") != _FORMAT:
             raise ValueError(f"{folder / SETTINGS_FILE}: format is {saved.get('format')!r}, expected {_FORMAT!r}")
-    return _load_pretrained(str(folder), config, dtype, saved)
+    return _load_pretrained(str(folder), config, dtype, saved, from_hub=False)
 
 
 def _encoder_class(model_type: str, where: str) -> Any:
@@ -277,19 +277,21 @@ def _encoder_class(model_type: str, where: str) -> Any:
     return getattr(transformers, classes[model_type])
 
 
-def _load_pretrained(name: str, config: TextEncoderConfig, dtype: torch.dtype, saved: dict[str, Any]) -> TextEncoder:
+def _load_pretrained(name: str, config: TextEncoderConfig, dtype: torch.dtype, saved: dict[str, Any],
+                     from_hub: bool) -> TextEncoder:
+    """`name` is a local folder, or a hub id (then offline unless `allow_download`: the local cache only)."""
     from transformers import AutoConfig, AutoTokenizer
 
     offline = not config.allow_download
     try:
         model_config = AutoConfig.from_pretrained(name, local_files_only=offline)
     except OSError as exc:
-        if not offline:
-            raise OSError(f"text.source {name}: could not load its config: {exc}") from None
-        raise FileNotFoundError(
-            f"text.source {name}: not a local folder and not in the Hugging Face cache; point text.source at "
-            "a local mT5 folder or set text.allow_download=true"
-        ) from None
+        if from_hub and offline:
+            raise FileNotFoundError(
+                f"text.source {name}: not a local folder and not in the Hugging Face cache; point text.source "
+                "at a local mT5 folder or set text.allow_download=true"
+            ) from None
+        raise OSError(f"text.source {name}: could not read its config.json: {exc}") from None
     where = f"text.source {name}"
     model_class = _encoder_class(model_config.model_type, where)
     try:
