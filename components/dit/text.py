@@ -9,9 +9,10 @@ tokens (padding "max_length", truncation, `</s>` appended), encoded in bf16 with
 (reference notes §3.6, §4, §5.6). The `tiny` source is a small T5 encoder over ByT5's byte-level vocabulary
 (no vocabulary file, so nothing is downloaded) with weights drawn from a seed, for CPU runs and tests.
 
-Nothing downloads unless `allow_download` is true: a hub id then resolves from the local Hugging Face cache
-only. Our saved folder is a Hugging Face folder (`config.json`, `model.safetensors`, tokenizer files) plus
-`text_encoder.json` with the tokenization settings, so the text side of a run reloads exactly.
+Nothing downloads unless `allow_download` is true; until then a hub id resolves from the local Hugging Face
+cache only. Our saved folder is a Hugging Face folder (`config.json`, `model.safetensors` in the dtype the
+encoder is held in, tokenizer files) plus `text_encoder.json` with the tokenization settings, so the text
+side of a run reloads exactly.
 """
 
 from __future__ import annotations
