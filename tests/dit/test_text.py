@@ -1,6 +1,8 @@
 """The text encoder: tiny seeded encoder, Hugging Face T5/mT5 folders, our saved folder, offline errors."""
 
+import itertools
 import json
+import random
 
 import pytest
 import torch
@@ -57,6 +59,25 @@ def test_different_captions_give_clearly_different_embeddings(tiny):
     # a capitalised, unclean copy of a caption cleans to the same text and so to the same embeddings
     again, _ = tiny.encode(["  A RED Circle moving left on a blue background  "])
     assert torch.equal(again[0], text[0])
+
+
+def test_tiny_embeddings_tell_colour_shape_and_direction_apart(tiny):
+    """The tiny DiT must learn these from captions: a linear read-out of the token embeddings, fitted on
+    70 % of the combinations, names the object's colour, shape and direction on the other 30 %."""
+    colours, shapes, directions = ["red", "green", "blue", "yellow", "white", "purple"], ["circle", "square",
+                                  "triangle"], ["left", "right", "up", "down"]
+    rows = [(c, s, d, b) for c, s, d, b in itertools.product(colours, shapes, directions, colours) if b != c]
+    random.Random(0).shuffle(rows)
+    text, _ = tiny.encode([f"a {c} {s} moving {d} on a {b} background" for c, s, d, b in rows])
+    features = text.flatten(1)  # (N, L * C): cross-attention reads tokens, not a pooled vector
+    train = int(0.7 * len(rows))
+    gram = features[:train] @ features[:train].T  # kernel ridge regression in its dual form
+    for column, names in [(0, colours), (1, shapes), (2, directions), (3, colours)]:
+        labels = torch.tensor([names.index(row[column]) for row in rows])
+        targets = torch.nn.functional.one_hot(labels[:train], len(names)).float()
+        weights = torch.linalg.solve(gram + 0.1 * torch.eye(train), targets)
+        predicted = (features[train:] @ features[:train].T @ weights).argmax(dim=1)
+        assert (predicted == labels[train:]).float().mean() > 0.9, names
 
 
 def test_padding_does_not_change_valid_tokens():
