@@ -95,6 +95,15 @@ def test_padding_does_not_change_valid_tokens():
     torch.testing.assert_close(alone[0], trimmed[3], atol=1e-5, rtol=1e-5)
 
 
+def test_cleaning_settings():
+    raw = ["<b>Red</b> 圆 circle"]
+    as_given = load_text_encoder(TextEncoderConfig(max_length=32, clean_captions=False))
+    no_chinese = load_text_encoder(TextEncoderConfig(max_length=32, keep_chinese=False))
+    assert as_given.prepare(raw) == raw and as_given.tokenize(raw)[1].sum() == len(raw[0].encode()) + 1
+    assert no_chinese.prepare(raw) == ["red circle"]
+    assert load_text_encoder(TextEncoderConfig(max_length=32)).prepare(raw) == ["red 圆 circle"]
+
+
 def test_truncation_keeps_end_of_sequence():
     encoder = load_text_encoder(TextEncoderConfig(source="tiny", max_length=16))
     input_ids, mask = encoder.tokenize([CAPTIONS[0]])
