@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel, load_config
+from components.dit.text import TextEncoderConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -114,10 +115,18 @@ class LatentConfig(StrictModel):
 
 
 class DiTConfig(StrictModel):
-    """Root configuration of the DiT component; training, data and sampling groups join `model` later."""
+    """Root configuration of the DiT component; training, data and sampling groups join these later."""
 
     model: DiTModelConfig = DiTModelConfig()
     latent: LatentConfig = LatentConfig()
+    text: TextEncoderConfig = TextEncoderConfig()
+
+    @model_validator(mode="after")
+    def _text_width_matches(self) -> DiTConfig:
+        if self.text.source == "tiny" and self.text.tiny.d_model != self.model.caption_channels:
+            raise ValueError(f"model.caption_channels ({self.model.caption_channels}) must equal the tiny text "
+                             f"encoder's width text.tiny.d_model ({self.text.tiny.d_model})")
+        return self
 
 
 def load_dit_config(preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> DiTConfig:
