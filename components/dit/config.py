@@ -114,12 +114,26 @@ class LatentConfig(StrictModel):
                 width // self.spatial_compression)
 
 
+class DiffusionConfig(StrictModel):
+    """The training objective (reference notes §3.1): DDPM noise, epsilon target, min-SNR weighting."""
+
+    num_train_timesteps: int = Field(1000, gt=1)
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    snr_gamma: float | None = Field(5.0, gt=0)  # min-SNR-gamma loss weights; None: plain MSE
+    noise_offset: float = Field(0.02, ge=0)  # a per-sample, per-channel DC offset added to the noise
+    text_dropout: float = Field(0.1, ge=0, le=1)  # chance a caption is replaced by the empty one (for CFG)
+
+
 class DiTConfig(StrictModel):
     """Root configuration of the DiT component; training, data and sampling groups join these later."""
 
     model: DiTModelConfig = DiTModelConfig()
     latent: LatentConfig = LatentConfig()
     text: TextEncoderConfig = TextEncoderConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
 
     @model_validator(mode="after")
     def _text_width_matches(self) -> DiTConfig:
