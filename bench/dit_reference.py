@@ -49,14 +49,15 @@ REFERENCE_MODULE = "opensora.models.diffusion.opensora.modeling_opensora"
 IMPLEMENTATIONS = ("ours", "reference")
 SEED_WEIGHTS, SEED_INPUTS = 0, 1
 TEXT_TOKENS = 64
-# name: (latent frames, latent height, latent width, backward?, gradient checkpointing?, our
-# mlp_checkpoint_tokens: the reference has no such setting)
+# name: (latent frames, latent height, latent width, backward?, gradient checkpointing?, our finer
+# recomputation settings: the reference has none)
+FINE = {"sublayer_checkpointing": True, "mlp_checkpoint_tokens": 600}
 CASES = {
-    "fwdbwd192": (1, 24, 32, True, False, None),  # 1 x 12 x 16 = 192 tokens (an image at 192x256 px)
-    "fwd2400": (8, 30, 40, False, False, None),  # 8 x 15 x 20 = 2,400 tokens (29x240x320 px)
-    "fwd9600": (8, 60, 80, False, False, None),  # 8 x 30 x 40 = 9,600 tokens (29x480x640 px)
-    "fwdbwd2400ckpt": (8, 30, 40, True, True, None),  # training at 2,400 tokens, per-block checkpointing on both
-    "fwdbwd2400ckptmlp": (8, 30, 40, True, True, 600),  # the same, our MLP also recomputed in 600-token chunks
+    "fwdbwd192": (1, 24, 32, True, False, {}),  # 1 x 12 x 16 = 192 tokens (an image at 192x256 px)
+    "fwd2400": (8, 30, 40, False, False, {}),  # 8 x 15 x 20 = 2,400 tokens (29x240x320 px)
+    "fwd9600": (8, 60, 80, False, False, {}),  # 8 x 30 x 40 = 9,600 tokens (29x480x640 px)
+    "fwdbwd2400ckpt": (8, 30, 40, True, True, {}),  # training at 2,400 tokens, per-block checkpointing on both
+    "fwdbwd2400fine": (8, 30, 40, True, True, FINE),  # the same, ours also recomputing sublayers and MLP chunks
 }
 
 
@@ -167,12 +168,12 @@ def run_case(implementation: str, case: str, reference: Path, workdir: Path, thr
     from components.dit.official import build_with_weights
 
     torch.set_num_threads(threads)
-    frames, height, width, backward, checkpointing, mlp_tokens = CASES[case]
+    frames, height, width, backward, checkpointing, fine = CASES[case]
     config = slice_config()
     # Copies, so the weights are resident before the call for both (load_file maps the file lazily).
     state = {key: value.clone() for key, value in load_file(workdir / "diffusion_pytorch_model.safetensors").items()}
     if implementation == "ours":
-        settings = {"gradient_checkpointing": checkpointing, "mlp_checkpoint_tokens": mlp_tokens}
+        settings = {"gradient_checkpointing": checkpointing, **fine}
         model = build_with_weights(config.model_copy(update=settings), state, "slice")
         call = lambda x: model(x["latents"], x["timestep"], x["text"], x["text_mask"])  # noqa: E731
     else:

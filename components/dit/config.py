@@ -50,9 +50,12 @@ class DiTModelConfig(StrictModel):
     zero_init: bool = False
     # Recompute each block in the backward pass instead of keeping its activations (training only).
     gradient_checkpointing: bool = False
-    # Training: also recompute the MLP in chunks of this many tokens during backward, so its 4x-wide hidden
-    # layer never exists for all tokens at once (the largest activation of a block): less memory for long
-    # videos at the price of one more MLP forward per step. None: the MLP runs whole.
+    # Finer recomputation for long videos, each at the price of one more forward of what it covers:
+    # - sublayer_checkpointing: a block's backward holds one sublayer's activations at a time (its self-
+    #   attention, cross-attention and MLP are recomputed one by one), not the whole block's;
+    # - mlp_checkpoint_tokens: the MLP runs in chunks of this many tokens, each recomputed in the backward
+    #   pass, so its 4x-wide hidden layer never exists for all tokens at once. None: the MLP runs whole.
+    sublayer_checkpointing: bool = False
     mlp_checkpoint_tokens: int | None = Field(None, gt=0)
 
     @property

@@ -74,13 +74,23 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, dropout=config.dropout, activation_fn="gelu-approximate", bias=True)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
         self.mlp_checkpoint_tokens = config.mlp_checkpoint_tokens
+        self.sublayer_checkpointing = config.sublayer_checkpointing
 
-    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+    # The three residual sublayers of §2.4, each mapping the residual stream x (B, N, D) to its update.
+    def _self_attention(self, x, shift, scale, gate, bias, rope):
+        h = torch.addcmul(shift, self.norm1(x), 1 + scale)
+        return torch.addcmul(x, gate, self.attn1(h, h, bias, rope))
+
+    def _cross_attention(self, x, context, bias):
+        return x + self.attn2(x, context, bias)  # query unnormalised, no gate (PixArt)
+
+    def _feed_forward(self, x, shift, scale, gate):
+        h = torch.addcmul(shift, self.norm2(x), 1 + scale)
         step = self.mlp_checkpoint_tokens
         if step is None or h.shape[1] <= step:
-            return self.ff(h)
-        return torch.cat([torch.utils.checkpoint.checkpoint(self.ff, h[:, start:start + step], use_reentrant=False)
-                          for start in range(0, h.shape[1], step)], dim=1)
+            return torch.addcmul(x, gate, self.ff(h))
+        out = torch.cat([checkpoint(self.ff, h[:, start:start + step]) for start in range(0, h.shape[1], step)], dim=1)
+        return torch.addcmul(x, gate, out)
 
     def forward(self, x: torch.Tensor, modulation: torch.Tensor, context: torch.Tensor,
                 context_bias: torch.Tensor | None, self_bias: torch.Tensor | None,
@@ -89,12 +99,13 @@ class TransformerBlock(nn.Module):
         batch, _, dim = x.shape
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + modulation.view(batch, 6, dim)).chunk(6, dim=1)  # each (B, 1, D)
-        h = torch.addcmul(shift_msa, self.norm1(x), 1 + scale_msa)
-        x = torch.addcmul(x, gate_msa, self.attn1(h, h, self_bias, rope))
-        x = x + self.attn2(x, context, context_bias)  # query unnormalised, no gate (PixArt)
         if torch.is_grad_enabled():
-            h = torch.addcmul(shift_mlp, self.norm2(x), 1 + scale_mlp)
-            return torch.addcmul(x, gate_mlp, self._mlp(h))  # (B, N, D)
+            run = checkpoint if self.sublayer_checkpointing else _call
+            x = run(self._self_attention, x, shift_msa, scale_msa, gate_msa, self_bias, rope)
+            x = run(self._cross_attention, x, context, context_bias)
+            return run(self._feed_forward, x, shift_mlp, scale_mlp, gate_mlp)  # (B, N, D)
+        x = self._cross_attention(self._self_attention(x, shift_msa, scale_msa, gate_msa, self_bias, rope),
+                                  context, context_bias)
         # Inference: the MLP in token chunks, so its 4x-wide hidden layer never exists for all tokens at
         # once (at 9,600 tokens it would be the largest tensor of the pass); x is this block's own tensor.
         step = max(1, FF_CHUNK_BYTES // (batch * 4 * dim * x.element_size()))
@@ -102,6 +113,16 @@ class TransformerBlock(nn.Module):
             part = x[:, start:start + step]  # (B, n, D), a view updated in place
             part.addcmul_(gate_mlp, self.ff(torch.addcmul(shift_mlp, self.norm2(part), 1 + scale_mlp)))
         return x
+
+
+def checkpoint(function, *args):
+    """Keep only `function`'s inputs; recompute its activations in the backward pass (non-reentrant, so it
+    nests inside a checkpointed block)."""
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
+
+
+def _call(function, *args):
+    return function(*args)
 
 
 class PatchEmbed(nn.Module):
@@ -171,8 +192,7 @@ class OpenSoraT2V(nn.Module):
         # 2. Blocks.
         for block in self.transformer_blocks:
             if self.training and self.config.gradient_checkpointing:
-                x = torch.utils.checkpoint.checkpoint(block, x, modulation, context, context_bias, self_bias, rope,
-                                                      use_reentrant=False)
+                x = checkpoint(block, x, modulation, context, context_bias, self_bias, rope)
             else:
                 x = block(x, modulation, context, context_bias, self_bias, rope)
         # 3. Output head: modulated by the raw timestep embedding, not the shared modulation (§2.7).

@@ -134,7 +134,8 @@ def test_rope_cache_is_bounded():
 
 def test_gradient_checkpointing_gives_the_same_gradients(small_config):
     grads = []
-    for update in ({}, {"gradient_checkpointing": True}, {"gradient_checkpointing": True, "mlp_checkpoint_tokens": 5}):
+    for update in ({}, {"gradient_checkpointing": True}, {"gradient_checkpointing": True, "mlp_checkpoint_tokens": 5},
+                   {"gradient_checkpointing": True, "sublayer_checkpointing": True, "mlp_checkpoint_tokens": 7}):
         model = _model(small_config.model_copy(update=update)).train()
         model(**make_inputs()).square().mean().backward()
         grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
