@@ -11,7 +11,10 @@ Engineering differences to the reference, at equal outputs:
 - one RoPE table per forward pass for all blocks, with fp32 angles cached by grid and scales (`rope.py`);
 - masks become attention biases once per forward pass, and none is passed to attention when nothing is
   masked, so the fast SDPA kernels run (§2.5);
-- modulations and gated residuals are single fused multiply-adds (`addcmul`) instead of three passes.
+- modulations and gated residuals are single fused multiply-adds (`addcmul`) instead of three passes;
+- memory: RoPE is one autograd node that keeps only its tables; without autograd RoPE runs in place and
+  the MLP in token chunks; for training, besides per-block checkpointing (as the reference), sublayers
+  and MLP token chunks can be recomputed one by one (`sublayer_checkpointing`, `mlp_checkpoint_tokens`).
 """
 
 from __future__ import annotations
