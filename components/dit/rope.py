@@ -50,22 +50,24 @@ class RoPE3D:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        frames, rows, cols = grid
         per_axis = [self._axis(extent, scale, device, dtype) for extent, scale in zip(grid, self.scales, strict=True)]
-        shape = (frames, rows, cols, self.chunk)
-        cos = torch.cat([per_axis[0][0][:, None, None].expand(shape), per_axis[1][0][None, :, None].expand(shape),
-                         per_axis[2][0][None, None, :].expand(shape)], dim=-1)  # (T', H', W', head_dim)
-        sin = torch.cat([per_axis[0][1][:, None, None].expand(shape), per_axis[1][1][None, :, None].expand(shape),
-                         per_axis[2][1][None, None, :].expand(shape)], dim=-1)
+        cos = self._per_token([cos for cos, _ in per_axis], grid)  # (N, head_dim)
         half = self.chunk // 2
         sign = torch.ones(3, 2, half, device=device)
         sign[:, 0] = -1
-        cos = cos.reshape(-1, 3 * self.chunk).to(dtype)  # (N, head_dim)
-        sin = (sin.reshape(-1, 3, 2, half) * sign).reshape(-1, 3 * self.chunk).to(dtype)
+        sin = (self._per_token([sin for _, sin in per_axis], grid).reshape(-1, 3, 2, half) * sign).reshape(cos.shape)
+        cos, sin = cos.to(dtype), sin.to(dtype)
         self._cache[key] = (cos, sin)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return cos, sin
+
+    def _per_token(self, axes: list[torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
+        """Per-axis tables (extent, chunk) -> (N, 3 * chunk): each token's t, row and column values side by side."""
+        shape = (*grid, self.chunk)
+        frames, rows, cols = axes
+        return torch.cat([frames[:, None, None].expand(shape), rows[None, :, None].expand(shape),
+                          cols[None, None, :].expand(shape)], dim=-1).reshape(-1, 3 * self.chunk)
 
 
 def swap_halves(x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -94,7 +96,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunk: int
                inplace: bool = False) -> torch.Tensor:
     """x: (B, N, heads, head_dim); cos/sin: (N, head_dim). Returns the rotated x, same shape (x itself,
     rotated in place, when `inplace`: for inference, where x is a projection's own output)."""
-    cos, sin = cos[:, None], sin[:, None]  # (N, 1, head_dim): broadcast over heads
+    # (N, 1, head_dim): broadcast over heads; in x's dtype (under autocast x may be lower than the model)
+    cos, sin = cos.to(x.dtype)[:, None], sin.to(x.dtype)[:, None]
     if inplace:
         swapped = swap_halves(x, chunk)
         return x.mul_(cos).addcmul_(swapped, sin)
