@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from components.core.config import ConfigError
+from components.core.lease import LeaseHeld, LeaseLost
 from components.core.storage import StorageError
 
 
@@ -30,7 +31,7 @@ def run_command(func: Callable[..., Any], **kwargs: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = func(**kwargs)
-    except (ConfigError, StorageError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, StorageError, LeaseHeld, LeaseLost, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if result is not None:

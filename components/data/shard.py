@@ -27,8 +27,8 @@ import numpy as np
 import webdataset
 from tqdm import tqdm
 
+from components.core import lease, storage, tracking
 from components.core import manifest as core_manifest
-from components.core import storage, tracking
 from components.core.config import config_hash
 from components.data.buckets import (
     Bucket,
@@ -247,6 +247,12 @@ def shard(
     """Shard the clips of `annotations` into `out` (local folder or s3:// prefix). Returns a summary."""
     annotations, out = str(annotations), str(out).rstrip("/")
     cfg = load_data_config(preset, overrides).shard
+    with lease.hold(out, owner=f"t2v data shard --annotations {annotations}") as held:
+        return _shard(annotations, out, cfg, preset, parent_run_id, held)
+
+
+def _shard(annotations: str, out: str, cfg: ShardConfig, preset: str, parent_run_id: str | None,
+           held: lease.Lease) -> dict[str, Any]:
     records, annotations_sha = read_annotations(annotations)
     inputs = {"annotations": {"uri": annotations, "sha256": annotations_sha}}
     shard_hash = config_hash(cfg)
@@ -267,6 +273,7 @@ def shard(
                                    run.run_id, seconds, len(records))
         run.log_metrics(report["metrics"])
         run.log_dict(report, REPORT_FILE)
+        held.check()
         manifest_uri = core_manifest.write_manifest(out, manifest)  # LAST: the output is now complete
     return {"manifest": manifest_uri, "skipped": False, "samples": manifest["num_samples"], "unfit": len(unfit),
             "buckets": {b["name"]: b["samples"] for b in manifest["buckets"]}, "psnr": report["psnr"]["all"],

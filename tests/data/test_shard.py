@@ -232,3 +232,48 @@ def test_killed_writer_leaves_no_manifest(tracking_home, mixed_clips, tmp_path):
         verify(out)
     # A new run finishes the job.
     assert shard(mixed_clips, out, preset=TEST_PRESET)["samples"] == 11 and verify(out)["ok"]
+
+
+_HOLDING_SHARD = """
+import pathlib, sys, time
+import components.data.shard as stage
+upload, held = stage._upload, []
+def slow_upload(*args):
+    entry = upload(*args)
+    if not held:  # once: hold the output folder long enough for a second run to try it
+        held.append(True)
+        pathlib.Path(sys.argv[4]).touch()
+        time.sleep(6)
+    return entry
+stage._upload = slow_upload
+stage.shard(sys.argv[1], sys.argv[2], sys.argv[3], overrides=["shard.shard_max_samples=1", "shard.upload_workers=1"])
+"""
+
+
+def test_second_writer_on_one_out_is_refused_and_destroys_nothing(tracking_home, mixed_clips, tmp_path):
+    """Two `t2v data shard` runs on one --out with different inputs: the second is refused, naming the first;
+    the first finishes with every shard its manifest lists (before the lease both exited 0 and the second's
+    clean-up deleted the first's shards)."""
+    out, signal_file = tmp_path / "shared", tmp_path / "first-is-writing"
+    others = json.loads(mixed_clips.read_text())[:3]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([r | {"video_root": str(mixed_clips.parent)} for r in others]))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", _HOLDING_SHARD, str(mixed_clips), str(out), TEST_PRESET,
+                              str(signal_file)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not signal_file.exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never wrote a shard"
+            time.sleep(0.1)
+        cli = subprocess.run([sys.executable, "-m", "components.data", "shard", "--annotations", str(other),
+                              "--out", str(out), "--preset", TEST_PRESET], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert cli.returncode != 0
+        assert f"is being written by 't2v data shard --annotations {mixed_clips}' (process {first.pid} on " in cli.stderr
+        assert "Traceback" not in cli.stderr
+    finally:
+        first.wait(timeout=120)
+    assert first.returncode == 0, first.stderr.read()
+    assert verify(out)["ok"] and read_shard_manifest(out)["num_samples"] == 11
+    assert not (out / ".lease.json").exists()

@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from components.core import manifest, storage, tracking
+from components.core import lease, manifest, storage, tracking
 from components.core.config import config_hash
 from components.data.annotations import annotations_root, caption_text, contained_path
 from components.data.config import FilterConfig, load_data_config
@@ -138,6 +138,12 @@ def run_filter(
     """Filter the videos listed in `annotations` into `out` (folder or s3:// URI); return a summary."""
     config = load_data_config(preset, overrides).filter
     annotations = str(annotations)
+    with lease.hold(out, owner=f"t2v data filter --annotations {annotations}") as held:
+        return _run_filter(annotations, out, preset, config, parent_run_id, held)
+
+
+def _run_filter(annotations: str, out: str, preset: str, config: FilterConfig, parent_run_id: str | None,
+                held: lease.Lease) -> dict[str, Any]:
     if not storage.exists(annotations):
         raise FileNotFoundError(f"annotations file {annotations} does not exist")
     raw = storage.read_json(annotations)
@@ -222,6 +228,7 @@ def run_filter(
         if not kept:
             raise ValueError(f"filter kept none of the {len(raw)} videos in {annotations}; "
                              f"see {summary['report']} for the reasons (no manifest written)")
+        held.check()
         manifest.write_manifest(out, manifest.build_manifest(
             stage="filter", preset=str(preset), config=config.model_dump(mode="json"), config_hash=chash,
             inputs=inputs, files=files, mlflow_run_id=run.run_id, video_root=root,
