@@ -157,6 +157,9 @@ class LoaderConfig(StrictModel):
     shuffle_shards: int = Field(8, ge=1)  # samples are shuffled within groups of this many shards
     remainder: Literal["carry", "drop"] = "carry"  # a bucket's last partial global batch: next epoch first, or left out
     shrink_small_buckets: bool = True  # a bucket smaller than one global batch gets a smaller batch, not starved
+    # Check each shard's sha256 against the manifest as it streams (its samples are used only after); the
+    # cost is measured in bench/loader_checksum.py. Off only to measure that cost.
+    verify_shards: bool = True
 
 
 class DataConfig(StrictModel):

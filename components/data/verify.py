@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from components.core import storage
 from components.data.shard_manifest import (
+    HashingReader,
     iter_samples,
     manifest_uri,
     open_shard,
@@ -19,28 +19,11 @@ from components.data.shard_manifest import (
 log = logging.getLogger(__name__)
 
 
-class _HashingReader:
-    """Passes reads through while hashing and counting, so one pass checks the tar and its checksum."""
-
-    def __init__(self, stream: BinaryIO):
-        self.stream, self.digest, self.size = stream, hashlib.sha256(), 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        self.digest.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
 def _check_shard(uri: str, entry: dict[str, Any], expected_keys: list[str] | None) -> list[str]:
     problems = []
     try:
         with open_shard(uri) as stream:
-            reader = _HashingReader(stream)
+            reader = HashingReader(stream)
             keys = []
             for sample in iter_samples(reader):
                 keys.append(sample["__key__"])
