@@ -128,10 +128,14 @@ def test_rerun_does_nothing(mixed_shards, mixed_clips):
 
 
 def test_source_uri_resolution():
-    assert source_uri({"path": "v/a.mp4"}, "/data/ann/kept.json") == "/data/ann/v/a.mp4"
-    assert source_uri({"path": "v/a.mp4", "video_root": "s3://b/raw"}, "/data/kept.json") == "s3://b/raw/v/a.mp4"
-    assert source_uri({"path": "/abs/a.mp4", "video_root": "/x"}, "s3://b/kept.json") == "/abs/a.mp4"
-    assert source_uri({"path": "a.mp4"}, "s3://b/ann/kept.json") == "s3://b/ann/a.mp4"
+    assert source_uri({"path": "v/a.mp4"}, "/data/ann/kept.json") == ("/data/ann/v/a.mp4", "")
+    assert source_uri({"path": "v/a.mp4", "video_root": "s3://b/raw"}, "/data/kept.json") == ("s3://b/raw/v/a.mp4", "")
+    assert source_uri({"path": "/x/v/a.mp4", "video_root": "/x"}, "s3://b/kept.json") == ("/x/v/a.mp4", "")
+    assert source_uri({"path": "a.mp4"}, "s3://b/ann/kept.json") == ("s3://b/ann/a.mp4", "")
+    # Paths leaving their folder: `..`, absolute elsewhere, another bucket.
+    for record in ({"path": "../a.mp4"}, {"path": "/abs/a.mp4", "video_root": "/x"}, {"path": "s3://other/a.mp4"}):
+        uri, why = source_uri(record, "s3://b/ann/kept.json")
+        assert uri is None and "leaves the data folder" in why
 
 
 def test_shards_are_byte_identical_across_runs(tracking_home, mixed_shards, mixed_clips, tmp_path):
@@ -159,9 +163,10 @@ def test_missing_and_broken_sources_are_reported(tracking_home, mixed_clips, tmp
     records.append(records[0] | {"path": "videos/missing.mp4"})
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    records.append(records[1] | {"path": str(broken)})
+    records = [r | {"video_root": str(mixed_clips.parent)} for r in records]
+    records.append(records[1] | {"path": str(broken), "video_root": str(tmp_path)})
     annotations = tmp_path / "kept.json"
-    annotations.write_text(json.dumps([r | {"video_root": str(mixed_clips.parent)} for r in records]))
+    annotations.write_text(json.dumps(records))
     result = shard(annotations, tmp_path / "out", preset=TEST_PRESET)
     assert result["samples"] == 2 and result["unfit"] == 2
     reasons = {u["path"]: u["reason"] for u in json.loads((tmp_path / "out" / "report.json").read_text())["unfit"]}

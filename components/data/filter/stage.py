@@ -2,7 +2,8 @@
 
 Order of checks (the first that fails is the reason):
 1. the entry itself, without touching files: not an object (`bad_entry`), a path that escapes the dataset
-   folder (`path_escapes`), a missing/empty/non-text caption (`bad_caption`), the same path twice
+   folder (`path_escapes`: `..`, an absolute path elsewhere, or a symlink whose target lies outside unless
+   `filter.allow_external_symlinks`), a missing/empty/non-text caption (`bad_caption`), the same path twice
    (`duplicate`);
 2. the file (measured in worker processes, see `measure.py` and `pool.py`): `missing_file`, `empty_file`,
    `not_a_video`, `corrupt` (truncated or damaged), `timeout` (not measured within
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from components.core import lease, manifest, storage, tracking
 from components.core.config import config_hash
-from components.data.annotations import annotations_root, caption_text, contained_path
+from components.data.annotations import annotations_root, caption_text, resolve_inside
 from components.data.config import FilterConfig, load_data_config
 from components.data.filter.aesthetic import build_scorer
 from components.data.filter.measure import measure_job, measurement_key, warm_up
@@ -82,16 +83,17 @@ def decide(measured: dict[str, Any], config: FilterConfig) -> tuple[str, str] | 
     return next(((reason, message) for failed, reason, message in checks if failed), None)
 
 
-def _check_entry(index: int, entry: Any, root: str, seen: dict[str, int]) -> tuple[str | None, str, str]:
+def _check_entry(index: int, entry: Any, root: str, seen: dict[str, int],
+                 allow_external_symlinks: bool = False) -> tuple[str | None, str, str]:
     """`(video_uri, reason, message)`: a URI to measure, or a reason to reject without reading the file."""
     if not isinstance(entry, dict):
         return None, "bad_entry", f"entry {index} is a {type(entry).__name__}, not an object"
     path = entry.get("path")
     if not isinstance(path, str) or not path.strip():
         return None, "bad_entry", f"entry {index}: 'path' must be a non-empty string, got {path!r}"
-    uri = contained_path(root, path)
+    uri, why = resolve_inside(root, path, allow_external_symlinks)
     if uri is None:
-        return None, "path_escapes", f"entry {index}: path {path!r} leaves the dataset folder {root}"
+        return None, "path_escapes", f"entry {index}: {why}"
     cap = entry.get("cap")
     caps = cap if isinstance(cap, list) else [cap]
     if cap is None or not caps or not all(isinstance(c, str) for c in caps) or not caption_text(entry):
@@ -174,7 +176,7 @@ def _run_filter(annotations: str, out: str, preset: str, config: FilterConfig, p
         rejected: list[dict[str, Any]] = []
         jobs, seen = [], {}
         for index, entry in enumerate(raw):
-            uri, reason, message = _check_entry(index, entry, root, seen)
+            uri, reason, message = _check_entry(index, entry, root, seen, config.allow_external_symlinks)
             if uri is None:
                 rejected.append({"index": index, "entry": entry, "reason": reason, "message": message})
             else:
