@@ -282,3 +282,19 @@ def test_second_writer_on_one_out_is_refused_and_destroys_nothing(tracking_home,
     assert first.returncode == 0, first.stderr.read()
     assert verify(out)["ok"] and read_shard_manifest(out)["num_samples"] == 11
     assert not (out / ".lease.json").exists()
+
+
+def test_verify_checks_each_sample_has_its_buckets_shape(mixed_shards, tmp_path):
+    """A manifest whose bucket lists were swapped (counts, checksums and keys all still agree) verified ok."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(mixed_shards[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    buckets = {bucket["name"]: bucket for bucket in manifest["buckets"]}
+    buckets["1x64x64"]["shards"], buckets["9x64x64"]["shards"] = buckets["9x64x64"]["shards"], buckets["1x64x64"]["shards"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify(out)["problems"]
+    assert len(problems) == 2, problems
+    assert any("9x64x64-00000.tar" in p and "is 9x64x64, not its bucket 1x64x64" in p for p in problems)
+    assert any("1x64x64-00000.tar" in p and "is 1x64x64, not its bucket 9x64x64" in p for p in problems)
