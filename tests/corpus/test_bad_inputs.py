@@ -324,6 +324,15 @@ def shard_folder_without_a_manifest(tmp: Path) -> None:
 
 
 @case
+def manifest_declaring_a_huge_shard(tmp: Path) -> None:
+    out = _shards(tmp)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["buckets"][0]["shards"][0]["samples"] = 10**12
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(lambda: _first_batch(out), r"manifest\.json: invalid shard manifest at 'buckets/0/shards/0/samples'")
+
+
+@case
 def manifest_with_swapped_bucket_lists(tmp: Path) -> None:
     out = _shards(tmp)
     manifest = json.loads((out / "manifest.json").read_text())

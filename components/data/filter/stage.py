@@ -152,6 +152,7 @@ def _run_filter(annotations: str, out: str, preset: str, config: FilterConfig, p
     if not isinstance(raw, list):
         raise ValueError(f"{annotations}: expected a JSON list of entries, got {type(raw).__name__}")
     inputs = {"annotations": {"uri": annotations, "sha256": storage.sha256_bytes(storage.read_bytes(annotations))}}
+    manifest.require_finished(annotations, inputs["annotations"]["sha256"])  # e.g. synth's, never an unfinished one
     chash = config_hash(config)
     done = manifest.is_complete(out, chash, inputs)
     if done:
