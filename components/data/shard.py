@@ -295,14 +295,15 @@ def shard(
     """Shard the clips of `annotations` into `out` (local folder or s3:// prefix). Returns a summary."""
     annotations, out = str(annotations), str(out).rstrip("/")
     cfg = load_data_config(preset, overrides).shard
-    with lease.hold(out, owner=f"t2v data shard --annotations {annotations}") as held:
-        return _shard(annotations, out, cfg, preset, parent_run_id, held)
-
-
-def _shard(annotations: str, out: str, cfg: ShardConfig, preset: str, parent_run_id: str | None,
-           held: lease.Lease) -> dict[str, Any]:
     records, annotations_sha = read_annotations(annotations)
     _check_upstream(annotations, records, annotations_sha)
+    tasks, unfit = plan(records, annotations, cfg)  # a malformed entry fails here, before the output is touched
+    with lease.hold(out, owner=f"t2v data shard --annotations {annotations}") as held:
+        return _shard(annotations, records, annotations_sha, tasks, unfit, out, cfg, preset, parent_run_id, held)
+
+
+def _shard(annotations: str, records: list[Any], annotations_sha: str, tasks: list[ClipTask], unfit: list[dict],
+           out: str, cfg: ShardConfig, preset: str, parent_run_id: str | None, held: lease.Lease) -> dict[str, Any]:
     inputs = {"annotations": {"uri": annotations, "sha256": annotations_sha}}
     shard_hash = config_hash(cfg)
     existing = core_manifest.is_complete(out, shard_hash, inputs)
@@ -310,7 +311,6 @@ def _shard(annotations: str, out: str, cfg: ShardConfig, preset: str, parent_run
         log.info("shard: %s already holds this run's output; nothing to do", out)
         return {"manifest": storage.join(out, core_manifest.MANIFEST_FILE), "skipped": True,
                 "samples": existing["num_samples"], "unfit": existing["num_unfit"]}
-    tasks, unfit = plan(records, annotations, cfg)
     _remove_previous(out)
     params = {"preset": str(preset), "annotations": annotations, "out": out, "clips": len(records),
               "shard": cfg.model_dump(mode="json")}

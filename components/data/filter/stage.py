@@ -140,12 +140,11 @@ def run_filter(
     """Filter the videos listed in `annotations` into `out` (folder or s3:// URI); return a summary."""
     config = load_data_config(preset, overrides).filter
     annotations = str(annotations)
-    with lease.hold(out, owner=f"t2v data filter --annotations {annotations}") as held:
-        return _run_filter(annotations, out, preset, config, parent_run_id, held)
-
-
-def _run_filter(annotations: str, out: str, preset: str, config: FilterConfig, parent_run_id: str | None,
-                held: lease.Lease) -> dict[str, Any]:
+    if config.aesthetic.scorer == "laion":
+        # Fail on missing weights here, once, not as one failed worker per video (each worker process
+        # builds its own copy before taking videos; workers=1 is the sensible choice for a large model on
+        # one device).
+        build_scorer(config.aesthetic)
     if not storage.exists(annotations):
         raise FileNotFoundError(f"annotations file {annotations} does not exist")
     raw = storage.read_json(annotations)
@@ -153,6 +152,12 @@ def _run_filter(annotations: str, out: str, preset: str, config: FilterConfig, p
         raise ValueError(f"{annotations}: expected a JSON list of entries, got {type(raw).__name__}")
     inputs = {"annotations": {"uri": annotations, "sha256": storage.sha256_bytes(storage.read_bytes(annotations))}}
     manifest.require_finished(annotations, inputs["annotations"]["sha256"])  # e.g. synth's, never an unfinished one
+    with lease.hold(out, owner=f"t2v data filter --annotations {annotations}") as held:
+        return _run_filter(annotations, raw, inputs, out, preset, config, parent_run_id, held)
+
+
+def _run_filter(annotations: str, raw: list[Any], inputs: dict[str, Any], out: str, preset: str, config: FilterConfig,
+                parent_run_id: str | None, held: lease.Lease) -> dict[str, Any]:
     chash = config_hash(config)
     done = manifest.is_complete(out, chash, inputs)
     if done:
@@ -161,11 +166,6 @@ def _run_filter(annotations: str, out: str, preset: str, config: FilterConfig, p
     storage.delete(storage.join(out, manifest.MANIFEST_FILE))  # never look finished while rewriting
 
     settings = measurement_settings(config)
-    if config.aesthetic.scorer == "laion":
-        # Fail on missing weights here, once, not as one failed worker per video (each worker process
-        # builds its own copy before taking videos; workers=1 is the sensible choice for a large model on
-        # one device).
-        build_scorer(config.aesthetic)
     root = annotations_root(annotations)
     cache_dir = storage.join(out, "cache")
     workers = config.workers or os.cpu_count() or 1
