@@ -245,10 +245,12 @@ import components.data.shard as stage
 upload, held = stage._upload, []
 def slow_upload(*args):
     entry = upload(*args)
-    if not held:  # once: hold the output folder long enough for a second run to try it
+    if not held:  # once: hold the output folder until the second run has tried it (at most 2 minutes)
         held.append(True)
         pathlib.Path(sys.argv[4]).touch()
-        time.sleep(6)
+        deadline = time.monotonic() + 120
+        while pathlib.Path(sys.argv[4]).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
     return entry
 stage._upload = slow_upload
 stage.shard(sys.argv[1], sys.argv[2], sys.argv[3], overrides=["shard.shard_max_samples=1", "shard.upload_workers=1"])
@@ -278,6 +280,7 @@ def test_second_writer_on_one_out_is_refused_and_destroys_nothing(tracking_home,
         assert f"is being written by 't2v data shard --annotations {mixed_clips}' (process {first.pid} on " in cli.stderr
         assert "Traceback" not in cli.stderr
     finally:
+        signal_file.unlink(missing_ok=True)  # the first run goes on
         first.wait(timeout=120)
     assert first.returncode == 0, first.stderr.read()
     assert verify(out)["ok"] and read_shard_manifest(out)["num_samples"] == 11
