@@ -9,6 +9,7 @@ reject reason in the stage's report while every good item still goes through (no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -262,21 +263,54 @@ def kept_json_edited_after_the_filter_finished(tmp: Path) -> None:
                  tmp / "out")
 
 
-@case
-def output_folder_held_by_a_live_run(tmp: Path) -> None:
-    uri = annotations(tmp, [clip(tmp)])
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+@contextlib.contextmanager
+def held_by_a_live_run(out: Path, owner: str) -> Iterator[int]:
+    """`out` leased by another live process (its pid), as a concurrent run leaves it; that process ends after."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        (tmp / "out").mkdir()
-        (tmp / "out" / lease.LEASE_FILE).write_text(json.dumps({
-            "owner": "t2v data shard --annotations elsewhere.json", **liveness.this_owner(), "pid": str(holder.pid),
-            "token": "theirs", "acquired_at": "2026-12-07T09:00:00+00:00"}))
-        expect_error(lambda: shard(uri, tmp / "out", preset=PRESET),
-                     rf"being written by 't2v data shard --annotations elsewhere\.json' \(process {holder.pid} on ", tmp / "out")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / lease.LEASE_FILE).write_text(json.dumps({
+            "owner": owner, **liveness.this_owner(), "pid": str(holder.pid), "token": "theirs",
+            "acquired_at": "2026-12-07T09:00:00+00:00"}))
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+@case
+def shard_output_held_by_a_live_run(tmp: Path) -> None:
+    uri = annotations(tmp, [clip(tmp)])
+    with held_by_a_live_run(tmp / "out", "t2v data shard --annotations elsewhere.json") as pid:
+        expect_error(lambda: shard(uri, tmp / "out", preset=PRESET),
+                     rf"being written by 't2v data shard --annotations elsewhere\.json' \(process {pid} on ", tmp / "out")
     assert shard(uri, tmp / "out", preset=PRESET)["samples"] == 1  # its process gone, the lease is taken over
+
+
+@case
+def synth_output_held_by_a_live_run(tmp: Path) -> None:
+    from components.data.synth import synthesize
+
+    with held_by_a_live_run(tmp / "out", "t2v data synth --num 9") as pid:
+        expect_error(lambda: synthesize(str(tmp / "out"), num=2, seed=0), rf"'t2v data synth --num 9' \(process {pid} ",
+                     tmp / "out")
+        assert sorted(p.name for p in (tmp / "out").iterdir()) == [lease.LEASE_FILE]  # nothing of its output touched
+
+
+@case
+def filter_output_held_by_a_live_run(tmp: Path) -> None:
+    from components.data.filter import run_filter
+
+    uri = annotations(tmp, [clip(tmp) | {"duration": 1.25}])
+    with held_by_a_live_run(tmp / "out", "t2v data filter --annotations other.json") as pid:
+        expect_error(lambda: run_filter(str(uri), str(tmp / "out")), rf"\(process {pid} on .* heartbeat \d+ s ago", tmp / "out")
+
+
+@case
+def eval_output_held_by_a_live_run(tmp: Path) -> None:
+    folder = _finished_training_output(tmp)
+    with held_by_a_live_run(tmp / "eval", "t2v vae eval --vae other") as pid:
+        expect_error(lambda: _evaluate(tmp, folder), rf"'t2v vae eval --vae other' \(process {pid} ", tmp / "eval")
 
 
 # --------------------------------------------------------------------------- shards read by the loader and verify
