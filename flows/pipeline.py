@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.tasks import exponential_backoff
 
-from components.core import storage, tracking
+from components.core import liveness, storage, tracking
 from flows import report, runner
 from flows.stage_flows import STAGE_FLOWS
 from flows.stages import Stage, absolute_root, chain, default_run_root, split_overrides, stage_dir
@@ -26,9 +26,10 @@ from flows.stages import Stage, absolute_root, chain, default_run_root, split_ov
 REPORT_KEY = "t2v-full-report"
 RUN_ROOT_TAG = "t2v.run_root"
 # The parent run's heartbeat; an earlier pipeline run on the same run root whose heartbeat is older than
-# STALE_AFTER_S (or whose process on this host is gone) died without ending its MLflow runs.
-HEARTBEAT_S = 15
-STALE_AFTER_S = 90
+# STALE_AFTER_S (or whose process on this host is gone) died without ending its MLflow runs. The same
+# bounds and liveness rule as a stage's lease on its output folder (components.core.liveness).
+HEARTBEAT_S = liveness.HEARTBEAT_S
+STALE_AFTER_S = liveness.STALE_AFTER_S
 
 
 class StageFailed(RuntimeError):
@@ -50,7 +51,7 @@ def claim_run_root(run_root: str) -> list[str]:
                 f"run root {run_root} is in use by pipeline run {run['run_id']} (process "
                 f"{run['tags'].get(tracking.PID_TAG)} on {run['tags'].get(tracking.HOST_TAG)}, heartbeat {age:.0f} s "
                 f"ago): wait for it or stop it. If its process is gone, this run root frees up "
-                f"{STALE_AFTER_S} s after its last heartbeat.")
+                f"{STALE_AFTER_S:.0f} s after its last heartbeat.")
     return [run["run_id"] for run in earlier]
 
 

@@ -10,7 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from components.core.config import ConfigError
+from components.core.lease import LeaseHeld, LeaseLost
 from components.core.storage import StorageError
+
+# What a user can get wrong (configuration, inputs, storage, a busy output folder): one clear line, no traceback.
+USER_ERRORS = (ConfigError, StorageError, LeaseHeld, LeaseLost, ValueError, FileNotFoundError)
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
@@ -30,7 +34,7 @@ def run_command(func: Callable[..., Any], **kwargs: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = func(**kwargs)
-    except (ConfigError, StorageError, ValueError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if result is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core import storage
+from components.core.lease import LEASE_FILE
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -87,6 +88,41 @@ def is_complete(out: str | Path, config_hash: str, inputs: dict[str, dict[str, s
     manifest = read_manifest(out)
     if manifest and manifest.get("config_hash") == config_hash and manifest.get("inputs") == inputs:
         return manifest
+    return None
+
+
+def _parent(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
+
+
+def require_finished(file_uri: str | Path, sha256: str | None = None) -> dict[str, Any] | None:
+    """Check that `file_uri` comes from a finished stage output before a stage reads it.
+
+    The manifest is looked for beside the file, then one folder up when that one lists files of the
+    file's folder (a model folder inside a stage's output). Found: it must list the file with the same sha256 (computed when not given), and it is
+    returned. Not found but a lease is there: the output is being written, or its writer was killed before
+    finishing, so ValueError. Neither: a file no stage wrote (raw input), None.
+    """
+    file_uri = str(file_uri)
+    folder = _parent(file_uri)
+    for candidate in (folder, _parent(folder)):
+        manifest_uri = storage.join(candidate, MANIFEST_FILE)
+        manifest = storage.read_json(manifest_uri) if storage.exists(manifest_uri) else None
+        if manifest is not None and candidate != folder:
+            below = storage.relative_to(folder, candidate) + "/"
+            manifest = manifest if any(name.startswith(below) for name in manifest.get("files", {})) else None
+        if manifest is not None:
+            entry = manifest.get("files", {}).get(storage.relative_to(file_uri, candidate))
+            if entry is None:
+                raise ValueError(f"{file_uri}: not among the files of the finished output {manifest_uri}")
+            actual = sha256 or storage.sha256_bytes(storage.read_bytes(file_uri))
+            if entry.get("sha256") != actual:
+                raise ValueError(f"{file_uri}: sha256 {actual} differs from {entry.get('sha256')} in {manifest_uri} "
+                                 "(changed after its stage finished)")
+            return manifest
+        if storage.exists(storage.join(candidate, LEASE_FILE)):
+            raise ValueError(f"{file_uri}: {candidate} has no finished manifest (a run is still writing it, or was "
+                             "killed before finishing): let that run finish or run its stage again")
     return None
 
 

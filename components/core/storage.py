@@ -15,6 +15,8 @@ S3 endpoint, region and credentials come from the standard AWS environment and c
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import io
@@ -23,6 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
@@ -336,6 +339,127 @@ def delete_prefix(prefix: str | Path) -> None:
             delete(uri)
     else:
         shutil.rmtree(_local_path(prefix), ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- conditional writes
+# Compare-and-swap on one object, for claims such as an output folder's lease (`components.core.lease`).
+# A version is what a later conditional write compares against: the ETag on S3, the sha256 locally.
+
+_PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in _PRECONDITION_CODES
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on a local folder: local compare-and-swaps run one at a time (the kernel drops
+    the lock of a killed process)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def create_exclusive(uri: str | Path, data: bytes) -> str | None:
+    """Write `data` to `uri` only when nothing is there: its version, or None when something is. S3: a
+    PutObject with `If-None-Match: *`; locally a complete temp file hard-linked to the name (which fails
+    when the name exists), so a reader never sees it half-written."""
+    if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = _split_s3(str(uri))
+        try:
+            return _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")["ETag"]
+        except (ClientError, BotoCoreError) as exc:
+            if _precondition_failed(exc):
+                return None
+            raise _s3_error("create", str(uri), exc) from None
+    path = _local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+        return sha256_bytes(data)
+    except FileExistsError:
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_versioned(uri: str | Path) -> tuple[bytes, str] | None:
+    """`(data, version)` of `uri`, or None when it does not exist."""
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split_s3(str(uri))
+        try:
+            response = _s3_client().get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _s3_error("get", str(uri), exc) from None
+        return _s3_call("get", str(uri), response["Body"].read), response["ETag"]
+    path = _local_path(uri)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return data, sha256_bytes(data)
+
+
+def replace_if_unchanged(uri: str | Path, data: bytes, version: str) -> str | None:
+    """Overwrite `uri` with `data` only if it still has `version`: the new version, or None when it
+    changed or is gone."""
+    if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = _split_s3(str(uri))
+        try:
+            return _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)["ETag"]
+        except (ClientError, BotoCoreError) as exc:
+            if _precondition_failed(exc) or "NoSuchKey" in str(exc):
+                return None
+            raise _s3_error("replace", str(uri), exc) from None
+    path = _local_path(uri)
+    with _folder_lock(path.parent):
+        current = read_versioned(path)
+        if current is None or current[1] != version:
+            return None
+        _atomic_local_write(path, lambda handle: handle.write(data))
+        return sha256_bytes(data)
+
+
+def delete_if_unchanged(uri: str | Path, version: str) -> bool:
+    """Delete `uri` only if it still has `version`; False when it changed or is gone."""
+    if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = _split_s3(str(uri))
+        try:
+            _s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=version)
+            return True
+        except (ClientError, BotoCoreError) as exc:
+            if _precondition_failed(exc) or "NoSuchKey" in str(exc):
+                return False
+            raise _s3_error("delete", str(uri), exc) from None
+    path = _local_path(uri)
+    with _folder_lock(path.parent):
+        current = read_versioned(path)
+        if current is None or current[1] != version:
+            return False
+        path.unlink()
+        return True
 
 
 # --------------------------------------------------------------------------- local staging

@@ -15,14 +15,14 @@ import functools
 import json
 import logging
 import os
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from components.core import liveness
 
 PARENT_RUN_ENV = "T2V_PARENT_RUN_ID"
 EXPERIMENT_ENV = "T2V_EXPERIMENT"
@@ -189,50 +189,25 @@ def stage_run(
 
 def owner_tags() -> dict[str, str]:
     """Tags naming this process as the run's owner, with a first heartbeat (see `heartbeat`)."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), HEARTBEAT_TAG: f"{time.time():.0f}"}
+    owner = liveness.this_owner()
+    return {HOST_TAG: owner["host"], PID_TAG: owner["pid"], HEARTBEAT_TAG: owner["heartbeat"]}
 
 
-@contextlib.contextmanager
-def heartbeat(run: Run, every_s: float) -> Iterator[None]:
+def heartbeat(run: Run, every_s: float) -> contextlib.AbstractContextManager[None]:
     """Tag `run` with the time every `every_s` seconds while the block runs (a daemon thread)."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every_s):
-            try:
-                run.set_tags({HEARTBEAT_TAG: f"{time.time():.0f}"})
-            except Exception as exc:  # a tracking server hiccup must not stop the work it watches
-                log.warning("heartbeat of run %s not recorded: %s", run.run_id, exc)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{run.run_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return liveness.beating(lambda: run.set_tags({HEARTBEAT_TAG: f"{time.time():.0f}"}), every_s, f"run {run.run_id}")
 
 
 def seconds_since_heartbeat(run: Mapping[str, Any]) -> float:
     """Age of the run's last heartbeat (infinite without one)."""
-    beat = run["tags"].get(HEARTBEAT_TAG)
-    return float("inf") if beat is None else max(time.time() - float(beat), 0.0)
+    return liveness.seconds_since(run["tags"].get(HEARTBEAT_TAG))
 
 
 def owner_is_alive(run: Mapping[str, Any], stale_after_s: float) -> bool:
-    """Whether the process that owns `run` may still be working on it: False when its heartbeat is older
-    than `stale_after_s`, or when it ran on this host and its pid is gone."""
-    if seconds_since_heartbeat(run) > stale_after_s:
-        return False
-    if run["tags"].get(HOST_TAG) != socket.gethostname():
-        return True
-    try:
-        os.kill(int(run["tags"][PID_TAG]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return True
+    """Whether the process that owns `run` may still be working on it (`liveness.is_alive`: the same rule
+    as an output folder's lease)."""
+    tags = run["tags"]
+    return liveness.is_alive(tags.get(HOST_TAG), tags.get(PID_TAG), tags.get(HEARTBEAT_TAG), stale_after_s)
 
 
 def running_runs(tag: str, value: str) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ stage (reader of `kept.json`, strict).
 
 from __future__ import annotations
 
+import os
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,19 @@ def contained_path(root: str, path: str) -> str | None:
     else:
         target = posixpath.normpath(posixpath.join(base, path))
     return scheme + target if target.startswith(base + "/") else None
+
+
+def resolve_inside(root: str, path: str, allow_external_symlinks: bool = False) -> tuple[str | None, str]:
+    """`(uri, "")` for a `path` that stays inside `root`, else `(None, why)`. The lexical check of
+    `contained_path` first; then, for local files, the real path (symlinks resolved) must stay inside the
+    real root too, unless `allow_external_symlinks` (a dataset assembled from links into a shared store)."""
+    uri = contained_path(root, path)
+    if uri is None:
+        return None, f"path {path!r} leaves the data folder {root}"
+    if storage.is_s3(uri) or allow_external_symlinks:
+        return uri, ""
+    real_root, real = os.path.realpath(root), os.path.realpath(uri)
+    if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+        return None, (f"path {path!r} is or passes through a symlink leading out of the data folder {root} "
+                      f"(to {real}); set allow_external_symlinks to follow such links")
+    return uri, ""

@@ -86,6 +86,9 @@ class FilterConfig(StrictModel):
     min_frames: int = Field(9, ge=1)  # the smallest frame bucket of the preset (4k+1 frames)
     min_side: int = Field(32, ge=1)  # pixels; below: too small
     max_aspect_ratio: float = Field(3.0, ge=1)  # long side / short side; above: extreme
+    # Follow symlinks in the dataset folder that lead out of it (a dataset assembled from links into a
+    # shared store); off, such an entry is rejected as `path_escapes`, like `..` or an absolute path elsewhere.
+    allow_external_symlinks: bool = False
     aesthetic: AestheticConfig = AestheticConfig()
     motion: MotionConfig = MotionConfig()
 
@@ -117,6 +120,9 @@ class ShardConfig(StrictModel):
     shard_max_bytes: int = Field(512 * 1024 * 1024, ge=1)
     workers: int = Field(2, ge=0)  # clips encoded in parallel threads (0: in the calling thread)
     upload_workers: int = Field(4, ge=1)
+    # As filter.allow_external_symlinks: a clip's path must stay inside its video_root (or the annotations'
+    # folder), real path included, unless this is set.
+    allow_external_symlinks: bool = False
 
     @field_validator("frames")
     @classmethod
@@ -157,6 +163,9 @@ class LoaderConfig(StrictModel):
     shuffle_shards: int = Field(8, ge=1)  # samples are shuffled within groups of this many shards
     remainder: Literal["carry", "drop"] = "carry"  # a bucket's last partial global batch: next epoch first, or left out
     shrink_small_buckets: bool = True  # a bucket smaller than one global batch gets a smaller batch, not starved
+    # Check each shard's sha256 against the manifest as it streams (its samples are used only after); the
+    # cost is measured in bench/loader_checksum.py. Off only to measure that cost.
+    verify_shards: bool = True
 
 
 class DataConfig(StrictModel):

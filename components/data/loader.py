@@ -32,6 +32,7 @@ from components.data.buckets import Bucket
 from components.data.config import LoaderConfig
 from components.data.sampler import BucketLayout, EpochPlan, Schedule, latent_tokens
 from components.data.shard_manifest import (
+    HashingReader,
     iter_samples,
     manifest_uri,
     open_shard,
@@ -83,6 +84,7 @@ class BucketLoader:
         if unknown:
             raise ValueError(f"loader config names buckets not in {self.manifest_uri}: {sorted(unknown)}")
         self.shard_uris: list[str] = []
+        self.shard_sha256s: list[str] = []
         shard_sizes: list[int] = []
         layouts, self.bucket_shapes = [], []
         for entry in manifest_data["buckets"]:
@@ -96,6 +98,7 @@ class BucketLoader:
             layouts.append(BucketLayout(bucket.name, sizes, int(sum(shard_sizes)), batch_size))
             self.bucket_shapes.append(bucket)
             self.shard_uris += [resolve(self.manifest_uri, s["uri"]) for s in entry["shards"]]
+            self.shard_sha256s += [s["sha256"] for s in entry["shards"]]
             shard_sizes += sizes.tolist()
         if not layouts:
             raise ValueError(f"no bucket of {self.manifest_uri} passes the loader's bucket filter")
@@ -143,8 +146,8 @@ class BucketLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         plan = self.plan()
-        stream = _StepStream(plan, self.rank, self.step, self.shard_uris, self.shard_offsets, self.bucket_shapes,
-                             self.config.seed)
+        stream = _StepStream(plan, self.rank, self.step, self.shard_uris, self.shard_sha256s, self.shard_offsets,
+                             self.bucket_shapes, self.config.seed, self.config.verify_shards)
         if self.config.num_workers:
             source = iter(DataLoader(stream, batch_size=None, num_workers=self.config.num_workers))
         else:
@@ -171,11 +174,12 @@ def build_loader(manifest: str | Path, config: LoaderConfig | None = None,
 class _StepStream(IterableDataset):
     """(step, batch) for this worker's steps of one epoch, reading only the shards that hold its samples."""
 
-    def __init__(self, plan: EpochPlan, rank: int, start_step: int, shard_uris: list[str],
-                 shard_offsets: np.ndarray, bucket_shapes: list[Bucket], seed: int):
+    def __init__(self, plan: EpochPlan, rank: int, start_step: int, shard_uris: list[str], shard_sha256s: list[str],
+                 shard_offsets: np.ndarray, bucket_shapes: list[Bucket], seed: int, verify_shards: bool):
         super().__init__()
         self.plan, self.rank, self.start_step, self.seed = plan, rank, start_step, seed
-        self.shard_uris, self.shard_offsets, self.bucket_shapes = shard_uris, shard_offsets, bucket_shapes
+        self.shard_uris, self.shard_sha256s, self.shard_offsets = shard_uris, shard_sha256s, shard_offsets
+        self.bucket_shapes, self.verify_shards = bucket_shapes, verify_shards
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
         info = get_worker_info()
@@ -204,18 +208,41 @@ class _StepStream(IterableDataset):
             yield step, self._collate(step, [buffer.pop(i) for i in ids.tolist()])
 
     def _read_shard(self, shard: int, wanted: set[int], buffer: dict[int, dict[str, Any]]) -> None:
+        """Read one whole shard, hashing it as it streams; its samples reach the buffer only once the shard's
+        sha256 matches the manifest (a flipped byte anywhere in it, or a wrong manifest, fails here)."""
         uri, first = self.shard_uris[shard], int(self.shard_offsets[shard])
-        with open_shard(uri) as stream:
-            for position, sample in enumerate(iter_samples(stream)):
-                if first + position in wanted:
-                    buffer[first + position] = {**sample, "__url__": uri}
+        found: dict[int, dict[str, Any]] = {}
+        try:
+            with open_shard(uri) as stream:
+                reader = HashingReader(stream)
+                for position, sample in enumerate(iter_samples(reader)):
+                    if first + position in wanted:
+                        found[first + position] = {**sample, "__url__": uri}
+                reader.drain()
+        except storage.StorageError:
+            raise
+        except Exception as exc:  # a garbled tar: name the shard, not only the tar module's complaint
+            raise ValueError(f"shard {uri}: unreadable ({type(exc).__name__}: {exc}); "
+                             "check the shards with `t2v data verify`") from None
+        actual = reader.digest.hexdigest()
+        if self.verify_shards and actual != self.shard_sha256s[shard]:
+            raise ValueError(f"shard {uri}: sha256 {actual} does not match the manifest's {self.shard_sha256s[shard]} "
+                             "(the shard or the manifest changed after sharding); check them with `t2v data verify`")
+        buffer.update(found)
 
     def _collate(self, step: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
         bucket = self.bucket_shapes[int(self.plan.step_bucket[step])]
         videos, captions, keys = [], [], []
         for sample in samples:
-            meta = json.loads(sample["json"])
-            frames = decode_video(sample["mp4"])  # (T, H, W, 3) uint8
+            where = f"shard {sample['__url__']}: sample {sample['__key__']}"
+            if not {"mp4", "json"} <= sample.keys():
+                raise ValueError(f"{where} has files {sorted(k for k in sample if not k.startswith('__'))}, "
+                                 "not .mp4 and .json")
+            try:
+                meta = json.loads(sample["json"])
+                frames = decode_video(sample["mp4"])  # (T, H, W, 3) uint8
+            except Exception as exc:  # bad JSON, or bytes no decoder takes: name the sample, whatever the library
+                raise ValueError(f"{where}: unreadable ({type(exc).__name__}: {exc})") from None
             if frames.shape[:3] != (bucket.frames, bucket.height, bucket.width):
                 raise ValueError(f"shard {sample['__url__']}: sample {sample['__key__']} has shape {frames.shape[:3]}, "
                                  f"bucket {bucket.name} says otherwise")

@@ -27,9 +27,10 @@ import numpy as np
 import webdataset
 from tqdm import tqdm
 
+from components.core import lease, storage, tracking
 from components.core import manifest as core_manifest
-from components.core import storage, tracking
 from components.core.config import config_hash
+from components.data.annotations import annotations_root, resolve_inside
 from components.data.buckets import (
     Bucket,
     ClipShape,
@@ -50,6 +51,13 @@ INDEX_FILE = "index.json"
 REPORT_FILE = "report.json"
 # Annotation fields that are not scores; every other numeric field is copied into the sample's `scores`.
 _KNOWN_FIELDS = {"path", "cap", "resolution", "fps", "duration", "num_frames", "video_root"}
+# Bounds on what an annotation may declare, checked before anything is sized from it (a declared
+# num_frames of 1e12 once meant a 5.8 TiB index array): 16k pixels a side, a million frames, 1000 fps,
+# a day of video.
+MAX_SIDE = 16384
+MAX_FRAMES = 1_000_000
+MAX_FPS = 1000.0
+MAX_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -77,17 +85,30 @@ def read_annotations(uri: str) -> tuple[list[dict[str, Any]], str]:
     return records, storage.sha256_bytes(data)
 
 
-def source_uri(record: dict[str, Any], annotations_uri: str) -> str:
-    """`path` below the entry's `video_root` if it has one, else below the annotations file's folder."""
-    path = str(record["path"])
-    if storage.is_s3(path) or path.startswith(("/", "file://")):
-        return path
-    root = record.get("video_root") or (annotations_uri.rsplit("/", 1)[0] if "/" in annotations_uri else ".")
-    return storage.join(root, path)
+def source_uri(record: dict[str, Any], annotations_uri: str, allow_external_symlinks: bool = False) -> tuple[str | None, str]:
+    """`(uri, "")`: `path` below the entry's `video_root` if it has one, else below the annotations file's
+    folder (an absolute path must lie there too); `(None, why)` when the path leaves that folder, lexically
+    or through a symlink (`annotations.resolve_inside`)."""
+    root = str(record.get("video_root") or annotations_root(annotations_uri))
+    return resolve_inside(root, str(record["path"]), allow_external_symlinks)
+
+
+def _bounded(value: Any, where: str, field: str, upper: float, integer: bool) -> float:
+    """A positive number up to `upper` (checked before anything is sized from it), else ValueError naming
+    the entry and the field."""
+    try:
+        number = float("nan") if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number <= upper or (integer and not number.is_integer()):
+        kind = "integer" if integer else "number"
+        raise ValueError(f"{where}: field '{field}' must be a positive {kind} up to {upper:g}, got {value!r}")
+    return number
 
 
 def clip_shape(record: dict[str, Any], where: str) -> ClipShape:
-    """The clip's shape from its annotation; ValueError naming the entry and the field when missing."""
+    """The clip's shape from its annotation; ValueError naming the entry and the field when one is missing,
+    malformed or out of bounds."""
     for field in ("path", "cap", "resolution"):
         if field not in record:
             raise ValueError(f"{where}: missing field '{field}'")
@@ -97,19 +118,23 @@ def clip_shape(record: dict[str, Any], where: str) -> ClipShape:
     resolution = record["resolution"]
     if not isinstance(resolution, dict) or not {"height", "width"} <= resolution.keys():
         raise ValueError(f"{where}: field 'resolution' must be {{height, width}}")
-    height, width = int(resolution["height"]), int(resolution["width"])
+    height, width = (int(_bounded(resolution[key], where, f"resolution.{key}", MAX_SIDE, integer=True))
+                     for key in ("height", "width"))
     if is_image_path(str(record["path"])):
         return ClipShape(height, width, 1, None)
     if "fps" not in record or not record["fps"]:
         raise ValueError(f"{where}: video without field 'fps'")
-    fps = float(record["fps"])
+    fps = _bounded(record["fps"], where, "fps", MAX_FPS, integer=False)
     if "num_frames" in record:
-        num_frames = int(record["num_frames"])
+        num_frames = int(_bounded(record["num_frames"], where, "num_frames", MAX_FRAMES, integer=True))
     elif "duration" in record:
-        num_frames = int(fps * float(record["duration"]) + 1e-6)  # reference notes §5.2: int(fps * duration)
+        duration = _bounded(record["duration"], where, "duration", MAX_FRAMES / fps, integer=False)
+        num_frames = int(fps * duration + 1e-6)  # reference notes §5.2: int(fps * duration)
     else:
         raise ValueError(f"{where}: video without field 'num_frames' or 'duration'")
-    return ClipShape(height, width, num_frames, fps)
+    if num_frames / fps > MAX_SECONDS:  # frame indices at train_fps are allocated from the duration
+        raise ValueError(f"{where}: {num_frames} frames at {fps:g} fps last more than {MAX_SECONDS:g} s")
+    return ClipShape(height, width, max(num_frames, 1), fps)
 
 
 def plan(records: list[dict[str, Any]], annotations_uri: str, cfg: ShardConfig) -> tuple[list[ClipTask], list[dict]]:
@@ -121,12 +146,28 @@ def plan(records: list[dict[str, Any]], annotations_uri: str, cfg: ShardConfig) 
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected an object")
         shape = clip_shape(record, where)
-        bucket, reason = assign_bucket(shape, buckets, cfg.train_fps, cfg.max_upscale, cfg.max_aspect_error)
+        source, reason = source_uri(record, annotations_uri, cfg.allow_external_symlinks)
+        bucket = None
+        if source is not None:
+            bucket, reason = assign_bucket(shape, buckets, cfg.train_fps, cfg.max_upscale, cfg.max_aspect_error)
         if bucket is None:
             unfit.append({"number": number, "path": record["path"], "reason": reason})
         else:
-            tasks.append(ClipTask(number, str(record["path"]), source_uri(record, annotations_uri), shape, bucket, record))
+            tasks.append(ClipTask(number, str(record["path"]), source, shape, bucket, record))
     return tasks, unfit
+
+
+def _check_upstream(annotations: str, records: list[Any], annotations_sha: str) -> None:
+    """Never shard an unfinished or changed upstream output: the annotations' stage manifest, when there is
+    one, must list them with this sha256; a filter's kept.json (entries carrying the `sha256` and
+    `video_root` it records) must have one, as its run may have died before finishing."""
+    if core_manifest.require_finished(annotations, annotations_sha) is not None:
+        return
+    if any(isinstance(r, dict) and {"sha256", "video_root"} <= r.keys() for r in records):
+        raise ValueError(f"{annotations}: a filter output without a finished manifest beside it (its run did not "
+                         "finish): run the filter again")
+    if not records:
+        raise ValueError(f"{annotations}: no clips to shard")
 
 
 # --------------------------------------------------------------------------- one clip
@@ -143,6 +184,10 @@ def encode_clip(task: ClipTask, cfg: ShardConfig) -> dict[str, Any]:
     except storage.StorageError as exc:  # listed in the report with the reason, like any clip that cannot be used
         return {"unfit": f"unreadable source: {exc}"}
     source_sha = storage.sha256_bytes(data)
+    expected_sha = task.record.get("sha256")  # the filter's kept.json records what it measured
+    if expected_sha is not None and expected_sha != source_sha:
+        return {"unfit": f"{task.source} changed since it was filtered: sha256 {source_sha}, the annotations "
+                         f"say {expected_sha}"}
     bucket = task.bucket
     try:
         if task.shape.is_image:
@@ -153,6 +198,9 @@ def encode_clip(task: ClipTask, cfg: ShardConfig) -> dict[str, Any]:
             frames = decode_video(data, frame_indices)
     except ValueError as exc:  # the file disagrees with its annotation: report it, never drop silently
         return {"unfit": f"cannot read {bucket.frames} frames from {task.source}: {exc}"}
+    if frames.shape[1:3] != (task.shape.height, task.shape.width):  # the bucket was chosen from the claim
+        return {"unfit": f"{task.source} is {frames.shape[1]}x{frames.shape[2]} (height x width), its annotation "
+                         f"declares {task.shape.height}x{task.shape.width}"}
     resized = crop_resize(frames, bucket.height, bucket.width)  # (T, H, W, 3)
     mp4 = encode_h264(resized, cfg.train_fps, cfg.crf, cfg.pix_fmt, cfg.x264_preset)
     quality = psnr(resized, decode_video(mp4))
@@ -248,6 +296,14 @@ def shard(
     annotations, out = str(annotations), str(out).rstrip("/")
     cfg = load_data_config(preset, overrides).shard
     records, annotations_sha = read_annotations(annotations)
+    _check_upstream(annotations, records, annotations_sha)
+    tasks, unfit = plan(records, annotations, cfg)  # a malformed entry fails here, before the output is touched
+    with lease.hold(out, owner=f"t2v data shard --annotations {annotations}") as held:
+        return _shard(annotations, records, annotations_sha, tasks, unfit, out, cfg, preset, parent_run_id, held)
+
+
+def _shard(annotations: str, records: list[Any], annotations_sha: str, tasks: list[ClipTask], unfit: list[dict],
+           out: str, cfg: ShardConfig, preset: str, parent_run_id: str | None, held: lease.Lease) -> dict[str, Any]:
     inputs = {"annotations": {"uri": annotations, "sha256": annotations_sha}}
     shard_hash = config_hash(cfg)
     existing = core_manifest.is_complete(out, shard_hash, inputs)
@@ -255,7 +311,6 @@ def shard(
         log.info("shard: %s already holds this run's output; nothing to do", out)
         return {"manifest": storage.join(out, core_manifest.MANIFEST_FILE), "skipped": True,
                 "samples": existing["num_samples"], "unfit": existing["num_unfit"]}
-    tasks, unfit = plan(records, annotations, cfg)
     _remove_previous(out)
     params = {"preset": str(preset), "annotations": annotations, "out": out, "clips": len(records),
               "shard": cfg.model_dump(mode="json")}
@@ -267,6 +322,7 @@ def shard(
                                    run.run_id, seconds, len(records))
         run.log_metrics(report["metrics"])
         run.log_dict(report, REPORT_FILE)
+        held.check()
         manifest_uri = core_manifest.write_manifest(out, manifest)  # LAST: the output is now complete
     return {"manifest": manifest_uri, "skipped": False, "samples": manifest["num_samples"], "unfit": len(unfit),
             "buckets": {b["name"]: b["samples"] for b in manifest["buckets"]}, "psnr": report["psnr"]["all"],

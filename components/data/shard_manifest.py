@@ -8,6 +8,7 @@ is read forward without being downloaded first.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,24 @@ def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> Bina
 def open_shard(uri: str) -> BinaryIO:
     webdataset.gopen_schemes["s3"] = _gopen_s3
     return webdataset.gopen(uri)
+
+
+class HashingReader:
+    """Passes reads through while hashing and counting, so one pass reads the tar and checks its sha256."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream, self.digest, self.size = stream, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read what the tar reader left (end-of-archive padding), so the digest covers the whole file."""
+        while self.read(1 << 20):
+            pass
 
 
 def iter_samples(stream: BinaryIO) -> Iterator[dict[str, Any]]:

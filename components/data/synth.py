@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from components.core import manifest, storage, tracking
+from components.core import lease, manifest, storage, tracking
 from components.core.config import config_hash
 from components.data.annotations import validate_entry
 from components.data.config import SynthConfig, load_data_config
@@ -316,6 +316,12 @@ def synthesize(
     if num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
     config = load_data_config(preset, overrides).synth
+    with lease.hold(out, owner=f"t2v data synth --kind {kind} --num {num} --seed {seed}") as held:
+        return _synthesize(out, num, seed, kind, preset, config, parent_run_id, held)
+
+
+def _synthesize(out: str, num: int, seed: int, kind: str, preset: str, config: SynthConfig,
+                parent_run_id: str | None, held: lease.Lease) -> dict[str, Any]:
     request = {"kind": kind, "num": str(num), "seed": str(seed)}
     chash = config_hash(config)
     done = manifest.is_complete(out, chash, {"request": request})
@@ -352,6 +358,7 @@ def synthesize(
             "manifest": storage.join(out, manifest.MANIFEST_FILE),
             "mlflow_run_id": run.run_id, **metrics,
         }
+        held.check()
         manifest.write_manifest(out, manifest.build_manifest(
             stage="synth", preset=str(preset), config=config.model_dump(mode="json"), config_hash=chash,
             inputs={"request": request}, files=files, mlflow_run_id=run.run_id, summary=summary))

@@ -1,51 +1,51 @@
-"""`t2v data verify MANIFEST`: re-read every shard and check its sha256, size, sample count and keys."""
+"""`t2v data verify MANIFEST`: re-read every shard and check its sha256, size, sample count and keys, and
+that every sample has its bucket's shape (frames, height, width: decoded, not taken from its metadata)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from components.core import storage
 from components.data.shard_manifest import (
+    HashingReader,
     iter_samples,
     manifest_uri,
     open_shard,
     read_shard_manifest,
     resolve,
 )
+from components.data.video_io import decode_video
 
 log = logging.getLogger(__name__)
 
 
-class _HashingReader:
-    """Passes reads through while hashing and counting, so one pass checks the tar and its checksum."""
-
-    def __init__(self, stream: BinaryIO):
-        self.stream, self.digest, self.size = stream, hashlib.sha256(), 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        self.digest.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
+def _sample_problem(uri: str, sample: dict[str, Any], bucket: dict[str, Any]) -> str | None:
+    where = f"shard {uri}: sample {sample['__key__']}"
+    if not {"mp4", "json"} <= sample.keys():
+        return f"{where} lacks .mp4 or .json"
+    shape = (bucket["frames"], bucket["height"], bucket["width"])
+    try:
+        frames = decode_video(sample["mp4"])  # (T, H, W, 3)
+    except Exception as exc:  # whatever the decoder raises, it names this sample
+        return f"{where}: video unreadable ({type(exc).__name__}: {exc})"
+    if frames.shape[:3] != shape:
+        return f"{where} is {'x'.join(map(str, frames.shape[:3]))}, not its bucket {bucket['name']}"
+    return None
 
 
-def _check_shard(uri: str, entry: dict[str, Any], expected_keys: list[str] | None) -> list[str]:
+def _check_shard(uri: str, entry: dict[str, Any], expected_keys: list[str] | None, bucket: dict[str, Any]) -> list[str]:
     problems = []
     try:
         with open_shard(uri) as stream:
-            reader = _HashingReader(stream)
+            reader = HashingReader(stream)
             keys = []
             for sample in iter_samples(reader):
                 keys.append(sample["__key__"])
-                if not {"mp4", "json"} <= sample.keys():
-                    problems.append(f"shard {uri}: sample {sample['__key__']} lacks .mp4 or .json")
+                problem = _sample_problem(uri, sample, bucket)
+                if problem is not None:
+                    problems.append(problem)
             reader.drain()
     except Exception as exc:  # a truncated or garbled tar: name the shard, keep checking the others
         return [f"shard {uri}: unreadable ({type(exc).__name__}: {exc})"]
@@ -78,7 +78,7 @@ def verify(manifest: str | Path) -> dict[str, Any]:
         for entry in bucket["shards"]:
             shards += 1
             samples += entry["samples"]
-            problems += _check_shard(resolve(uri, entry["uri"]), entry, index.get(entry["uri"]))
+            problems += _check_shard(resolve(uri, entry["uri"]), entry, index.get(entry["uri"]), bucket)
     if samples != data["num_samples"]:
         problems.append(f"manifest: buckets hold {samples} samples, num_samples says {data['num_samples']}")
     for problem in problems:

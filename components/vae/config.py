@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from components.core.config import StrictModel, load_config
 from components.vae.train_config import DataConfig, EvalConfig, TrainConfig
@@ -32,24 +32,27 @@ class TilingConfig(StrictModel):
     """
 
     enabled: bool = False
-    tile_size: int = 256  # pixels per spatial tile side (multiple of the spatial compression)
-    tile_frames: int = 33  # pixel frames per temporal tile (1 + k * temporal compression)
-    overlap: int = 4  # spatial overlap between tiles, in latent pixels
-    overlap_frames: int = 2  # temporal overlap between tiles, in latent frames (>= 2 cross-fades)
+    tile_size: int = Field(256, ge=1, le=16384)  # pixels per spatial tile side (multiple of the spatial compression)
+    tile_frames: int = Field(33, ge=1, le=4097)  # pixel frames per temporal tile (1 + k * temporal compression)
+    overlap: int = Field(4, ge=0)  # spatial overlap between tiles, in latent pixels
+    overlap_frames: int = Field(2, ge=1)  # temporal overlap between tiles, in latent frames (>= 2 cross-fades)
 
 
 class VAEModelConfig(StrictModel):
-    """Architecture of `CausalVAE` (reference notes §1.1-1.4)."""
+    """Architecture of `CausalVAE` (reference notes §1.1-1.4).
 
-    in_channels: int = 3
-    hidden_size: int = 128  # channels of level 0; level i has hidden_size * hidden_size_mult[i]
-    hidden_size_mult: list[int] = [1, 2, 4, 4]
-    z_channels: int = 4  # encoder emits 2 * z_channels (mean and logvar)
-    embed_dim: int = 4  # latent channels after quant_conv
-    num_res_blocks: int = 2  # per encoder level; the decoder has num_res_blocks + 1 per level
-    norm_groups: int = 32  # GroupNorm groups (reference: 32); must divide every channel count
-    norm_eps: float = 1e-6
-    dropout: float = 0.0
+    Sizes are bounded (a model folder's config.json is input like any other: `hidden_size: -8` must fail
+    naming the field, and no size may ask for an absurd allocation)."""
+
+    in_channels: int = Field(3, ge=1, le=16)
+    hidden_size: int = Field(128, ge=1, le=4096)  # channels of level 0; level i has hidden_size * hidden_size_mult[i]
+    hidden_size_mult: list[Annotated[int, Field(ge=1, le=64)]] = Field([1, 2, 4, 4], min_length=1, max_length=8)
+    z_channels: int = Field(4, ge=1, le=1024)  # encoder emits 2 * z_channels (mean and logvar)
+    embed_dim: int = Field(4, ge=1, le=1024)  # latent channels after quant_conv
+    num_res_blocks: int = Field(2, ge=1, le=64)  # per encoder level; the decoder has num_res_blocks + 1 per level
+    norm_groups: int = Field(32, ge=1)  # GroupNorm groups (reference: 32); must divide every channel count
+    norm_eps: float = Field(1e-6, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
     encoder_conv_in: Literal["Conv2d", "CausalConv3d"] = "Conv2d"
     encoder_resnet_blocks: list[ResnetKind] = ["ResnetBlock2D", "ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"]
     encoder_downsample: list[DownsampleKind] = ["Downsample", "Spatial2xTime2x3DDownsample",
@@ -62,9 +65,9 @@ class VAEModelConfig(StrictModel):
     upsample_interpolation: Literal["trilinear", "nearest"] = "trilinear"
     mid_attention: bool = True  # AttnBlock3DFix between the two mid res-blocks (per-frame attention)
     use_quant_layer: bool = True  # quant_conv / post_quant_conv (1x1x1 causal convs)
-    scale_factor: float = 0.18215  # latent scale applied by downstream stages, never inside the VAE
-    temporal_compression: int = 4  # checked against the block kinds
-    spatial_compression: int = 8  # checked against the block kinds
+    scale_factor: float = Field(0.18215, gt=0)  # latent scale applied by downstream stages, never inside the VAE
+    temporal_compression: int = Field(4, ge=1)  # checked against the block kinds
+    spatial_compression: int = Field(8, ge=1)  # checked against the block kinds
     tiling: TilingConfig = TilingConfig()
 
     @property

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.core import manifest, runtime, storage, tracking
+from components.core import checkpoints, lease, manifest, runtime, storage, tracking
 from components.core.config import config_hash
 from components.eval.metrics import LPIPSMetric, MetricAggregator, video_metrics
 from components.vae import load_vae
@@ -50,7 +50,19 @@ def evaluate_vae(vae: str, data: str, out: str, preset: str = "tiny", overrides:
                  parent_run_id: str | None = None) -> dict[str, Any]:
     """Evaluate the VAE folder `vae` on `data`; write metrics.json, a grid PNG, a side-by-side mp4, manifest.json."""
     config = load_vae_config(preset, overrides).eval
+    with lease.hold(out, owner=f"t2v vae eval --vae {vae}") as held:
+        return _evaluate_stage(vae, data, out, preset, config, parent_run_id, held)
+
+
+def _evaluate_stage(vae: str, data: str, out: str, preset: str, config: EvalConfig, parent_run_id: str | None,
+                    held: lease.Lease) -> dict[str, Any]:
     source = _DataSource(data)
+    # Never evaluate an unfinished or edited upstream output (a training run killed mid-save, a changed file).
+    for uri in [storage.join(vae, name) for name in (checkpoints.CONFIG_FILE, checkpoints.WEIGHTS_FILE)]:
+        if storage.exists(uri):
+            manifest.require_finished(uri)
+    if source.kind == "annotations":
+        manifest.require_finished(source.index_uri)
     inputs = {"vae": {"uri": str(vae), "sha256": _folder_sha256(vae)}, "data": source.input_entry}
     eval_hash = config_hash(config)
     finished = manifest.is_complete(out, eval_hash, inputs)
@@ -79,6 +91,7 @@ def evaluate_vae(vae: str, data: str, out: str, preset: str = "tiny", overrides:
         written = manifest.build_manifest(stage=STAGE, preset=preset, config=config.model_dump(mode="json"),
                                           config_hash=eval_hash, inputs=inputs, files=files,
                                           mlflow_run_id=run.run_id, metrics=_summary(report))
+        held.check()
         manifest.write_manifest(out, written)
     return {**_summary(report), "out": str(out), "mlflow_run_id": run.run_id, "skipped": False}
 

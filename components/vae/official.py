@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors_file
 
 from components.core import checkpoints, storage
@@ -147,7 +148,10 @@ def load_official(folder: str | Path, weights: Literal["ema", "model"] = "ema") 
     config = official_to_config(storage.read_json(config_path), source=str(config_path))
     weights_path = official_weights_file(folder)
     if weights_path.suffix == ".safetensors":
-        checkpoint: dict[str, Any] = load_safetensors_file(weights_path)
+        try:
+            checkpoint: dict[str, Any] = load_safetensors_file(weights_path)
+        except SafetensorError as exc:
+            raise ValueError(f"{weights_path}: not a readable safetensors file (truncated or damaged): {exc}") from None
     else:
         # weights_only: a checkpoint can never run code; mmap: no second copy of ~1 GB in memory.
         try:
@@ -170,6 +174,9 @@ def load_ours(folder: str | Path, expected: dict[str, str] | None = None) -> Cau
     source = storage.join(folder, checkpoints.CONFIG_FILE)
     if raw.get("format") != FORMAT:
         raise ValueError(f"{source}: field 'format' must be {FORMAT!r}, got {raw.get('format')!r}")
+    unknown = sorted(set(raw) - {"format", "model"})
+    if unknown:
+        raise ValueError(f"{source}: field '{unknown[0]}' is not a setting of a {FORMAT} folder (only 'format', 'model')")
     try:
         config = VAEModelConfig.model_validate(raw.get("model"))
     except ValidationError as exc:

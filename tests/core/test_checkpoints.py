@@ -57,3 +57,41 @@ def test_loading_never_unpickles_arbitrary_objects(tmp_path):
     storage.write_bytes(tmp_path / "evil.pt", buffer.getvalue())
     with pytest.raises(pickle.UnpicklingError):
         checkpoints.load_training_state(tmp_path / "evil.pt")
+
+
+def test_model_folder_upload_puts_the_config_last(tmp_path, s3_bucket, s3_env, monkeypatch):
+    """A kill during the final upload once left `model_raw/config.json` without its weights."""
+    from tests.flaky_proxy import FlakyProxy
+
+    model = torch.nn.Linear(4, 3)
+    checkpoints.save_model_folder(tmp_path / "m", model.state_dict(), {"width": 4})
+    proxy = FlakyProxy(s3_env["AWS_ENDPOINT_URL"], failures=0)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    storage.reset_clients()
+    try:
+        files = checkpoints.put_model_folder(tmp_path / "m", f"{s3_bucket}/run/model")
+    finally:
+        proxy.close()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["AWS_ENDPOINT_URL"])
+        storage.reset_clients()
+    puts = [line.rsplit("/", 1)[1] for line in proxy.log if line.startswith("PUT ")]
+    assert puts == ["model.safetensors", "config.json"] and list(files) == puts
+    config, weights = checkpoints.load_model_folder(f"{s3_bucket}/run/model",
+                                                    expected={name: entry["sha256"] for name, entry in files.items()})
+    assert config == {"width": 4} and torch.equal(weights["weight"], model.weight)
+
+
+def test_overwriting_a_model_folder_removes_the_old_config_first(tmp_path):
+    folder = tmp_path / "m"
+    checkpoints.save_model_folder(folder, torch.nn.Linear(4, 3).state_dict(), {"width": 4})
+    (folder / "model.safetensors").unlink()  # as if killed while writing the new weights
+    checkpoints.save_model_folder(folder, {}, {"width": 5})
+    assert checkpoints.load_model_folder(folder)[0] == {"width": 5}
+
+
+def test_truncated_weights_name_the_file(tmp_path):
+    folder = tmp_path / "m"
+    checkpoints.save_model_folder(folder, torch.nn.Linear(4, 3).state_dict(), {"width": 4})
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"m/model\.safetensors: not a readable safetensors file"):
+        checkpoints.load_model_folder(folder)

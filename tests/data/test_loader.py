@@ -148,3 +148,64 @@ def test_truncated_shard_is_named(many_shards, tmp_path):
     with pytest.raises(ValueError, match=victim.name):
         for _ in loader:
             pass
+
+
+def _copy_with(many_shards, tmp_path, edit) -> tuple[Path, BucketLoader, Path]:
+    """A copy of the shards, the loader over it, and the first shard the loader reads, changed by `edit`."""
+    out = tmp_path / "copy"
+    shutil.copytree(many_shards[0], out)
+    loader = BucketLoader(out, CONFIG, rank=0, world_size=1)
+    first_step_ids = loader.plan().batch(0, 0)
+    victim = Path(loader.shard_uris[int(np.searchsorted(loader.shard_offsets, first_step_ids[0], side="right") - 1)])
+    edit(out, victim)
+    return out, loader, victim
+
+
+def _flip_payload_byte(out: Path, victim: Path) -> None:
+    data = bytearray(victim.read_bytes())
+    data[1500] ^= 0xFF  # inside the first sample's mp4: the tar still parses
+    victim.write_bytes(bytes(data))
+
+
+def test_flipped_byte_in_a_shard_fails_naming_it_before_its_samples_are_used(many_shards, tmp_path):
+    _, loader, victim = _copy_with(many_shards, tmp_path, _flip_payload_byte)
+    with pytest.raises(ValueError, match=rf"shard .*{victim.name}: sha256 [0-9a-f]{{64}} does not match the manifest"):
+        next(iter(loader))  # the very first batch needs this shard: nothing from it is served
+
+
+def test_manifest_with_a_wrong_shard_checksum_fails_naming_the_shard(many_shards, tmp_path):
+    def wrong_checksum(out: Path, victim: Path) -> None:
+        manifest = json.loads((out / "manifest.json").read_text())
+        for bucket in manifest["buckets"]:
+            for entry in bucket["shards"]:
+                if entry["uri"] == f"shards/{victim.name}":
+                    entry["sha256"] = "0" * 64
+        (out / "manifest.json").write_text(json.dumps(manifest))
+
+    out, _, victim = _copy_with(many_shards, tmp_path, wrong_checksum)
+    with pytest.raises(ValueError, match=rf"{victim.name}: sha256 .* manifest's 0000"):
+        next(iter(BucketLoader(out, CONFIG, rank=0, world_size=1)))
+
+
+def test_flipped_tar_header_names_shard_and_sample(many_shards, tmp_path):
+    """A flipped bit in a member name turned `.mp4` into another suffix: a bare KeyError: 'mp4' before."""
+    def rename_member(out: Path, victim: Path) -> None:
+        with tarfile.open(victim) as tar:
+            offsets = [member.offset for member in tar.getmembers() if member.name.endswith(".mp4")]
+        data = bytearray(victim.read_bytes())
+        for offset in offsets:  # every .mp4 member becomes .mq4, with a header checksum that agrees
+            header = data[offset:offset + 512]
+            name_end = header.index(b".mp4")
+            header[name_end:name_end + 4] = b".mq4"
+            header[148:156] = b" " * 8
+            header[148:156] = b"%06o\0 " % sum(header)
+            data[offset:offset + 512] = header
+        victim.write_bytes(bytes(data))
+
+    out, _, victim = _copy_with(many_shards, tmp_path, rename_member)
+    checked = BucketLoader(out, CONFIG, rank=0, world_size=1)
+    with pytest.raises(ValueError, match=rf"shard .*{victim.name}"):
+        next(iter(checked))
+    unchecked = BucketLoader(out, CONFIG.model_copy(update={"verify_shards": False}), rank=0, world_size=1)
+    with pytest.raises(ValueError, match=rf"shard .*{victim.name}: sample [0-9a-f]+ has files \['json', 'mq4'\]"):
+        next(iter(unchecked))

@@ -128,10 +128,14 @@ def test_rerun_does_nothing(mixed_shards, mixed_clips):
 
 
 def test_source_uri_resolution():
-    assert source_uri({"path": "v/a.mp4"}, "/data/ann/kept.json") == "/data/ann/v/a.mp4"
-    assert source_uri({"path": "v/a.mp4", "video_root": "s3://b/raw"}, "/data/kept.json") == "s3://b/raw/v/a.mp4"
-    assert source_uri({"path": "/abs/a.mp4", "video_root": "/x"}, "s3://b/kept.json") == "/abs/a.mp4"
-    assert source_uri({"path": "a.mp4"}, "s3://b/ann/kept.json") == "s3://b/ann/a.mp4"
+    assert source_uri({"path": "v/a.mp4"}, "/data/ann/kept.json") == ("/data/ann/v/a.mp4", "")
+    assert source_uri({"path": "v/a.mp4", "video_root": "s3://b/raw"}, "/data/kept.json") == ("s3://b/raw/v/a.mp4", "")
+    assert source_uri({"path": "/x/v/a.mp4", "video_root": "/x"}, "s3://b/kept.json") == ("/x/v/a.mp4", "")
+    assert source_uri({"path": "a.mp4"}, "s3://b/ann/kept.json") == ("s3://b/ann/a.mp4", "")
+    # Paths leaving their folder: `..`, absolute elsewhere, another bucket.
+    for record in ({"path": "../a.mp4"}, {"path": "/abs/a.mp4", "video_root": "/x"}, {"path": "s3://other/a.mp4"}):
+        uri, why = source_uri(record, "s3://b/ann/kept.json")
+        assert uri is None and "leaves the data folder" in why
 
 
 def test_shards_are_byte_identical_across_runs(tracking_home, mixed_shards, mixed_clips, tmp_path):
@@ -159,9 +163,10 @@ def test_missing_and_broken_sources_are_reported(tracking_home, mixed_clips, tmp
     records.append(records[0] | {"path": "videos/missing.mp4"})
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    records.append(records[1] | {"path": str(broken)})
+    records = [r | {"video_root": str(mixed_clips.parent)} for r in records]
+    records.append(records[1] | {"path": str(broken), "video_root": str(tmp_path)})
     annotations = tmp_path / "kept.json"
-    annotations.write_text(json.dumps([r | {"video_root": str(mixed_clips.parent)} for r in records]))
+    annotations.write_text(json.dumps(records))
     result = shard(annotations, tmp_path / "out", preset=TEST_PRESET)
     assert result["samples"] == 2 and result["unfit"] == 2
     reasons = {u["path"]: u["reason"] for u in json.loads((tmp_path / "out" / "report.json").read_text())["unfit"]}
@@ -232,3 +237,67 @@ def test_killed_writer_leaves_no_manifest(tracking_home, mixed_clips, tmp_path):
         verify(out)
     # A new run finishes the job.
     assert shard(mixed_clips, out, preset=TEST_PRESET)["samples"] == 11 and verify(out)["ok"]
+
+
+_HOLDING_SHARD = """
+import pathlib, sys, time
+import components.data.shard as stage
+upload, held = stage._upload, []
+def slow_upload(*args):
+    entry = upload(*args)
+    if not held:  # once: hold the output folder until the second run has tried it (at most 2 minutes)
+        held.append(True)
+        pathlib.Path(sys.argv[4]).touch()
+        deadline = time.monotonic() + 120
+        while pathlib.Path(sys.argv[4]).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return entry
+stage._upload = slow_upload
+stage.shard(sys.argv[1], sys.argv[2], sys.argv[3], overrides=["shard.shard_max_samples=1", "shard.upload_workers=1"])
+"""
+
+
+def test_second_writer_on_one_out_is_refused_and_destroys_nothing(tracking_home, mixed_clips, tmp_path):
+    """Two `t2v data shard` runs on one --out with different inputs: the second is refused, naming the first;
+    the first finishes with every shard its manifest lists (before the lease both exited 0 and the second's
+    clean-up deleted the first's shards)."""
+    out, signal_file = tmp_path / "shared", tmp_path / "first-is-writing"
+    others = json.loads(mixed_clips.read_text())[:3]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([r | {"video_root": str(mixed_clips.parent)} for r in others]))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", _HOLDING_SHARD, str(mixed_clips), str(out), TEST_PRESET,
+                              str(signal_file)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not signal_file.exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never wrote a shard"
+            time.sleep(0.1)
+        cli = subprocess.run([sys.executable, "-m", "components.data", "shard", "--annotations", str(other),
+                              "--out", str(out), "--preset", TEST_PRESET], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert cli.returncode != 0
+        assert f"is being written by 't2v data shard --annotations {mixed_clips}' (process {first.pid} on " in cli.stderr
+        assert "Traceback" not in cli.stderr
+    finally:
+        signal_file.unlink(missing_ok=True)  # the first run goes on
+        first.wait(timeout=120)
+    assert first.returncode == 0, first.stderr.read()
+    assert verify(out)["ok"] and read_shard_manifest(out)["num_samples"] == 11
+    assert not (out / ".lease.json").exists()
+
+
+def test_verify_checks_each_sample_has_its_buckets_shape(mixed_shards, tmp_path):
+    """A manifest whose bucket lists were swapped (counts, checksums and keys all still agree) verified ok."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(mixed_shards[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    buckets = {bucket["name"]: bucket for bucket in manifest["buckets"]}
+    buckets["1x64x64"]["shards"], buckets["9x64x64"]["shards"] = buckets["9x64x64"]["shards"], buckets["1x64x64"]["shards"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify(out)["problems"]
+    assert len(problems) == 2, problems
+    assert any("9x64x64-00000.tar" in p and "is 9x64x64, not its bucket 1x64x64" in p for p in problems)
+    assert any("1x64x64-00000.tar" in p and "is 1x64x64, not its bucket 9x64x64" in p for p in problems)

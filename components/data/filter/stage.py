@@ -2,7 +2,8 @@
 
 Order of checks (the first that fails is the reason):
 1. the entry itself, without touching files: not an object (`bad_entry`), a path that escapes the dataset
-   folder (`path_escapes`), a missing/empty/non-text caption (`bad_caption`), the same path twice
+   folder (`path_escapes`: `..`, an absolute path elsewhere, or a symlink whose target lies outside unless
+   `filter.allow_external_symlinks`), a missing/empty/non-text caption (`bad_caption`), the same path twice
    (`duplicate`);
 2. the file (measured in worker processes, see `measure.py` and `pool.py`): `missing_file`, `empty_file`,
    `not_a_video`, `corrupt` (truncated or damaged), `timeout` (not measured within
@@ -29,9 +30,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from components.core import manifest, storage, tracking
+from components.core import lease, manifest, storage, tracking
 from components.core.config import config_hash
-from components.data.annotations import annotations_root, caption_text, contained_path
+from components.data.annotations import annotations_root, caption_text, resolve_inside
 from components.data.config import FilterConfig, load_data_config
 from components.data.filter.aesthetic import build_scorer
 from components.data.filter.measure import measure_job, measurement_key, warm_up
@@ -82,16 +83,17 @@ def decide(measured: dict[str, Any], config: FilterConfig) -> tuple[str, str] | 
     return next(((reason, message) for failed, reason, message in checks if failed), None)
 
 
-def _check_entry(index: int, entry: Any, root: str, seen: dict[str, int]) -> tuple[str | None, str, str]:
+def _check_entry(index: int, entry: Any, root: str, seen: dict[str, int],
+                 allow_external_symlinks: bool = False) -> tuple[str | None, str, str]:
     """`(video_uri, reason, message)`: a URI to measure, or a reason to reject without reading the file."""
     if not isinstance(entry, dict):
         return None, "bad_entry", f"entry {index} is a {type(entry).__name__}, not an object"
     path = entry.get("path")
     if not isinstance(path, str) or not path.strip():
         return None, "bad_entry", f"entry {index}: 'path' must be a non-empty string, got {path!r}"
-    uri = contained_path(root, path)
+    uri, why = resolve_inside(root, path, allow_external_symlinks)
     if uri is None:
-        return None, "path_escapes", f"entry {index}: path {path!r} leaves the dataset folder {root}"
+        return None, "path_escapes", f"entry {index}: {why}"
     cap = entry.get("cap")
     caps = cap if isinstance(cap, list) else [cap]
     if cap is None or not caps or not all(isinstance(c, str) for c in caps) or not caption_text(entry):
@@ -138,12 +140,24 @@ def run_filter(
     """Filter the videos listed in `annotations` into `out` (folder or s3:// URI); return a summary."""
     config = load_data_config(preset, overrides).filter
     annotations = str(annotations)
+    if config.aesthetic.scorer == "laion":
+        # Fail on missing weights here, once, not as one failed worker per video (each worker process
+        # builds its own copy before taking videos; workers=1 is the sensible choice for a large model on
+        # one device).
+        build_scorer(config.aesthetic)
     if not storage.exists(annotations):
         raise FileNotFoundError(f"annotations file {annotations} does not exist")
     raw = storage.read_json(annotations)
     if not isinstance(raw, list):
         raise ValueError(f"{annotations}: expected a JSON list of entries, got {type(raw).__name__}")
     inputs = {"annotations": {"uri": annotations, "sha256": storage.sha256_bytes(storage.read_bytes(annotations))}}
+    manifest.require_finished(annotations, inputs["annotations"]["sha256"])  # e.g. synth's, never an unfinished one
+    with lease.hold(out, owner=f"t2v data filter --annotations {annotations}") as held:
+        return _run_filter(annotations, raw, inputs, out, preset, config, parent_run_id, held)
+
+
+def _run_filter(annotations: str, raw: list[Any], inputs: dict[str, Any], out: str, preset: str, config: FilterConfig,
+                parent_run_id: str | None, held: lease.Lease) -> dict[str, Any]:
     chash = config_hash(config)
     done = manifest.is_complete(out, chash, inputs)
     if done:
@@ -152,11 +166,6 @@ def run_filter(
     storage.delete(storage.join(out, manifest.MANIFEST_FILE))  # never look finished while rewriting
 
     settings = measurement_settings(config)
-    if config.aesthetic.scorer == "laion":
-        # Fail on missing weights here, once, not as one failed worker per video (each worker process
-        # builds its own copy before taking videos; workers=1 is the sensible choice for a large model on
-        # one device).
-        build_scorer(config.aesthetic)
     root = annotations_root(annotations)
     cache_dir = storage.join(out, "cache")
     workers = config.workers or os.cpu_count() or 1
@@ -168,7 +177,7 @@ def run_filter(
         rejected: list[dict[str, Any]] = []
         jobs, seen = [], {}
         for index, entry in enumerate(raw):
-            uri, reason, message = _check_entry(index, entry, root, seen)
+            uri, reason, message = _check_entry(index, entry, root, seen, config.allow_external_symlinks)
             if uri is None:
                 rejected.append({"index": index, "entry": entry, "reason": reason, "message": message})
             else:
@@ -222,6 +231,7 @@ def run_filter(
         if not kept:
             raise ValueError(f"filter kept none of the {len(raw)} videos in {annotations}; "
                              f"see {summary['report']} for the reasons (no manifest written)")
+        held.check()
         manifest.write_manifest(out, manifest.build_manifest(
             stage="filter", preset=str(preset), config=config.model_dump(mode="json"), config_hash=chash,
             inputs=inputs, files=files, mlflow_run_id=run.run_id, video_root=root,
