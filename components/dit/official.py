@@ -182,6 +182,7 @@ def save_folder(folder: str | Path, model: OpenSoraT2V) -> dict[str, str]:
     """Write a model folder (weights first, `config.json` last: a folder with a config is complete).
     Returns the sha256 of each file. The weights go through a local file, never a second copy in memory."""
     tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    storage.delete(storage.join(folder, CONFIG_FILE))  # overwriting: never pair an old config with new weights
     with storage.staging_dir("t2v-dit-save-") as staging:
         local = Path(staging) / WEIGHTS_FILE
         save_file(tensors, str(local), metadata={"format": "pt"})

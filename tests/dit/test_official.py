@@ -162,3 +162,19 @@ def test_reference_shorthands_in_configs(official_folder):
     raw.update(out_channels=None, sample_size=16)  # the reference's defaults: out = in; an int is square
     config = official_to_config(raw)
     assert config.out_channels == config.in_channels == 4 and config.sample_size == (16, 16)
+
+
+def test_overwriting_a_folder_never_pairs_the_old_config_with_new_weights(tmp_path, small_config, monkeypatch):
+    from components.dit import official
+
+    torch.manual_seed(0)
+    save_dit(tmp_path / "model", OpenSoraT2V(small_config))
+    wider = small_config.model_copy(update={"num_attention_heads": 3})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # killed while writing the new weights
+
+    monkeypatch.setattr(official, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_dit(tmp_path / "model", OpenSoraT2V(wider))
+    assert not (tmp_path / "model" / CONFIG_FILE).exists()  # unfinished, not finished with the wrong config
