@@ -109,10 +109,12 @@ def split_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
 
 
 def default_run_root(preset: str) -> str:
-    """A run folder under the working folder (`$T2V_HOME`, default `./.t2v`), one per preset."""
+    """A run folder under the working folder (`$T2V_HOME`, default `./.t2v`), one per preset: named as
+    the preset (`runs/v1.2`), or after the file for a YAML path (`runs/mine` for `mine.yaml`)."""
     from components.core.tracking import t2v_home
 
-    return str(t2v_home() / "runs" / Path(str(preset)).stem)
+    name = Path(str(preset))
+    return str(t2v_home() / "runs" / (name.stem if name.suffix in (".yaml", ".yml") else name.name))
 
 
 def absolute_root(run_root: str) -> str:

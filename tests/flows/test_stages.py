@@ -45,6 +45,8 @@ def test_overrides_are_routed_to_their_component():
 def test_run_roots(tmp_path, monkeypatch):
     monkeypatch.setenv("T2V_HOME", str(tmp_path / "home"))
     assert default_run_root("tiny") == str(tmp_path / "home" / "runs" / "tiny")
+    assert default_run_root("v1.2") == str(tmp_path / "home" / "runs" / "v1.2")  # not `v1`: named as the preset
+    assert default_run_root("my/presets/big.yaml") == str(tmp_path / "home" / "runs" / "big")
     assert absolute_root("s3://bucket/runs/a/") == "s3://bucket/runs/a"
     monkeypatch.chdir(tmp_path)
     assert absolute_root("rel/run") == str(tmp_path / "rel" / "run")
