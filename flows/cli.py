@@ -48,6 +48,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f"{stage.name:<12} {stage.component:<5} {stage.function}")
         return 0
 
+    from flows import preflight
+    from flows.stages import chain
+
+    try:  # the user's mistakes end here, in a line or two and exit status 2, before Prefect starts
+        preflight.check(chain(args.annotations, args.until), args.preset, args.overrides, args.annotations)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     from flows.pipeline import StageFailed, pipeline

@@ -65,7 +65,11 @@ def _vae_phase2(run_root: str) -> dict[str, Any]:
 
 
 def _vae_eval(run_root: str) -> dict[str, Any]:
-    return {"vae": storage.join(stage_dir(run_root, "vae-phase2"), "model"), "data": stage_dir(run_root, "shard")}
+    # The original clips the filter kept, not the shards: the protocol reads 33 consecutive frames of the
+    # source video with no lossy re-encode in between (reference notes §1.11, §9.10), and the shards hold
+    # only the training bucket's frames.
+    return {"vae": storage.join(stage_dir(run_root, "vae-phase2"), "model"),
+            "data": storage.join(stage_dir(run_root, "filter"), "kept.json")}
 
 
 STAGES: tuple[Stage, ...] = (

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from components.core import manifest, runtime, storage, tracking
 from components.core.config import config_hash
+from components.core.progress import Progress
 from components.eval.metrics import LPIPSMetric, MetricAggregator, video_metrics
 from components.vae import load_vae
 from components.vae.config import load_vae_config
@@ -115,6 +116,9 @@ def _evaluate(model, lpips_metric: LPIPSMetric, source: _DataSource, config: Eva
         aggregator.update(video_metrics(recon, video, lpips_metric))
         if len(previews) < config.preview_clips:
             previews.append((video[:1].cpu(), recon[:1].cpu()))
+        progress.update(clips)
+
+    progress = Progress(STAGE, config.max_clips, unit="clip", log=log)
 
     for clip in source.clips():
         if config.max_clips is not None and clips >= config.max_clips:
