@@ -25,7 +25,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the pipeline in-process")
     run.add_argument("--run-root", default=None,
                      help="artifact folder or s3:// URI for this run (default: $T2V_HOME/runs/<preset>)")
-    add_config_args(run)
+    add_config_args(run, "vae.train.lr=1e-4")
     run.add_argument("--num", type=int, default=24, help="synthetic clips to make (default: 24)")
     run.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default: 0)")
     run.add_argument("--kind", default="shapes", help="synthetic data kind: shapes or photos")

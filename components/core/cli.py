@@ -13,11 +13,12 @@ from components.core.config import ConfigError
 from components.core.storage import StorageError
 
 
-def add_config_args(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
+def add_config_args(parser: argparse.ArgumentParser, example: str, default_preset: str = "tiny") -> None:
+    """--preset and --set; `example` is an override this very command accepts (tests/test_cli_help.py checks)."""
     parser.add_argument("--preset", default=default_preset,
                         help=f"preset name beside the component (tiny, v1.2) or a YAML path (default: {default_preset})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one configuration value, e.g. --set train.lr=1e-4 (repeatable)")
+                        help=f"override one configuration value, e.g. --set {example} (repeatable)")
 
 
 def add_tracking_args(parser: argparse.ArgumentParser) -> None:

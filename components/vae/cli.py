@@ -24,7 +24,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output folder or s3:// URI (resumes when it holds checkpoints)")
     train.add_argument("--init", default=None,
                        help="phase 2: phase 1's output folder; phase 1: optional VAE folder (e.g. tail-initialised)")
-    add_config_args(train)
+    add_config_args(train, "train.lr=1e-4")
     add_tracking_args(train)
 
     evaluate = commands.add_parser("eval", help="PSNR/SSIM/LPIPS, speed and memory of a VAE (reference protocol)")
@@ -32,7 +32,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True,
                           help="shard manifest, annotations JSON, or a folder of videos, local or s3://")
     evaluate.add_argument("--out", required=True, help="output folder or s3:// URI")
-    add_config_args(evaluate)
+    add_config_args(evaluate, "eval.max_clips=8")
     add_tracking_args(evaluate)
     return parser
 
