@@ -73,7 +73,9 @@ def evaluate_vae(vae: str, data: str, out: str, preset: str = "tiny", overrides:
     with tracking.stage_run(STAGE, parent_run_id=parent_run_id, params={"vae": vae, "data": data, **protocol},
                             tags={"stage": STAGE, "preset": preset}) as run:
         report, previews = _evaluate(model, lpips_metric, source, config, device, amp_dtype)
-        report = {"protocol": protocol, **report}
+        report = {"protocol": protocol, **report, "notes": _notes(config)}
+        if report["notes"]:
+            run.set_tags({f"note.eval/{metric}": text for metric, text in report["notes"].items()})
         files = _write_outputs(out, report, previews, run)
         run.log_metrics({f"eval/{k}": v for k, v in report["metrics"].items()})
         run.log_metrics({f"eval/{k}": v for k, v in report["speed"].items() if v is not None})
@@ -84,9 +86,18 @@ def evaluate_vae(vae: str, data: str, out: str, preset: str = "tiny", overrides:
     return {**_summary(report), "out": str(out), "mlflow_run_id": run.run_id, "skipped": False}
 
 
+def _notes(config: EvalConfig) -> dict[str, str]:
+    """What a reader must know next to a number: metric -> note."""
+    if not config.lpips_random_backbone:
+        return {}
+    return {"lpips": f"random {config.lpips_backbone} backbone (eval.lpips_random_backbone=true): tests the code "
+                     "path only, not real LPIPS and not comparable to published numbers"}
+
+
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     return {**report["metrics"], **{k: v for k, v in report["speed"].items()}, "clips": report["clips"],
-            "lpips_comparable_to_published": report["protocol"]["lpips"]["comparable_to_published"]}
+            "lpips_comparable_to_published": report["protocol"]["lpips"]["comparable_to_published"],
+            "notes": report["notes"]}
 
 
 # --------------------------------------------------------------------------- the loop
