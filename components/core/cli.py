@@ -26,8 +26,15 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
                         help="MLflow run to nest this stage's run under (default: $T2V_PARENT_RUN_ID)")
 
 
-def run_command(func: Callable[..., Any], **kwargs: Any) -> int:
-    """Call a component function; print its result as JSON; turn user errors into one clear line."""
+def run_command(func: Callable[..., Any], preflight: Callable[[], list[str]] | None = None, **kwargs: Any) -> int:
+    """Call a component function; print its result as JSON; turn user errors into one clear line.
+
+    `preflight` returns the problems that need no work to find (components/core/preflight.py): any of them
+    ends the command before it starts, with exit status 2."""
+    problems = preflight() if preflight is not None else []
+    if problems:
+        print("error: " + "\n".join(problems), file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = func(**kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from components.core.cli import add_config_args, add_tracking_args, run_command
 
@@ -43,14 +44,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         from components.vae.info import vae_info
 
         return run_command(vae_info, preset=args.preset, overrides=args.overrides, vae=args.vae)
+    if args.command in ("train", "eval"):
+        from components.vae.preflight import check
+
+        function = {"train": "train_vae", "eval": "evaluate_vae"}[args.command]
+        preflight = functools.partial(check, args.preset, args.overrides, {function})
     if args.command == "train":
         from components.vae.train import train_vae
 
-        return run_command(train_vae, phase=args.phase, data=args.data, out=args.out, init=args.init,
+        return run_command(train_vae, preflight, phase=args.phase, data=args.data, out=args.out, init=args.init,
                            preset=args.preset, overrides=args.overrides, parent_run_id=args.parent_run_id)
     if args.command == "eval":
         from components.vae.evaluate import evaluate_vae
 
-        return run_command(evaluate_vae, vae=args.vae, data=args.data, out=args.out, preset=args.preset,
+        return run_command(evaluate_vae, preflight, vae=args.vae, data=args.data, out=args.out, preset=args.preset,
                            overrides=args.overrides, parent_run_id=args.parent_run_id)
     raise AssertionError(args.command)

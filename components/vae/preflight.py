@@ -36,7 +36,8 @@ def check(preset: str, overrides: Sequence[str] = (), functions: Collection[str]
         path = torch_hub_file(url)
         if not path.is_file():
             problems.append(
-                f"vae.{key}.lpips_backbone '{group.lpips_backbone}' needs torchvision's pretrained weights at "
-                f"{path} (from {url}): put the file there, or set vae.{key}.lpips_random_backbone=true "
-                f"(offline code-path runs only: the numbers are then not real LPIPS)")
+                f"vae preset '{preset}': {key}.lpips_backbone '{group.lpips_backbone}' needs torchvision's "
+                f"pretrained weights at {path} (from {url}): put the file there, or set "
+                f"{key}.lpips_random_backbone=true (--set vae.{key}.lpips_random_backbone=true for a pipeline; "
+                f"code-path runs only: the numbers are then not real LPIPS)")
     return problems

@@ -35,9 +35,9 @@ def test_v1_2_names_the_lpips_weights_it_needs_offline(torch_home):
     found = preflight.problems(chain(), "v1.2", [])
     assert len(found) == 2
     for key, name in (("eval", LPIPS_FILES[1]), ("train.loss", LPIPS_FILES[0])):
-        (line,) = [line for line in found if line.startswith(f"vae.{key}.lpips_backbone ")]
+        (line,) = [line for line in found if line.startswith(f"vae preset 'v1.2': {key}.lpips_backbone ")]
         assert f"at {torch_home / name} (from https://download.pytorch.org/models/{name})" in line
-        assert f"vae.{key}.lpips_random_backbone=true" in line
+        assert f"--set vae.{key}.lpips_random_backbone=true" in line
     # Stages that use no LPIPS need no weights; with the files in place nothing is missing.
     assert preflight.problems(chain(until="shard"), "v1.2", []) == []
     torch_home.mkdir(parents=True)
