@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from components.core import manifest, storage, tracking
 from components.core.config import config_hash
 from components.core.progress import Progress
