@@ -3,7 +3,7 @@
 # remove the pid files, stale ones too. `demo-down.sh NAME...` stops only those.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DEMO="$PWD/.t2v/demo"
+DEMO="${T2V_DEMO_DIR:-$PWD/.t2v/demo}"
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=(worker prefect-server mlflow)
 

@@ -5,15 +5,16 @@
 #
 # The servers and the worker keep running afterwards, so the printed links answer; `make down`
 # (scripts/demo-down.sh) stops them. A second `make demo` reuses the ones still running (pid files
-# .t2v/demo/<name>.pid). Ports: PREFECT_PORT (default 4200), MLFLOW_PORT (default 5000).
+# .t2v/demo/<name>.pid). Ports: PREFECT_PORT (default 4200), MLFLOW_PORT (default 5000); DEMO_PARAMS adds
+# pipeline parameters (JSON).
 set -euo pipefail
 # Job control: each background server gets its own process group, and SIGINT is not ignored in it
 # (without it bash starts background jobs with SIGINT ignored, and the worker would never stop).
 set -m
 cd "$(dirname "$0")/.."
 REPO="$PWD"
-BIN="$REPO/.venv/bin"
-DEMO="$REPO/.t2v/demo"
+BIN="${T2V_VENV:-$REPO/.venv}/bin"
+DEMO="${T2V_DEMO_DIR:-$REPO/.t2v/demo}"  # tests use their own
 PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 POOL=t2v-process
