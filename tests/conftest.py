@@ -15,3 +15,14 @@ os.environ.pop("T2V_PARENT_RUN_ID", None)
 @pytest.fixture(autouse=True)
 def _isolated_t2v_home(tmp_path, monkeypatch):
     monkeypatch.setenv("T2V_HOME", str(tmp_path / "t2v-home"))
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Model tests run on one thread: their timings are steadier and parallel runs do not oversubscribe."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,16 +1,35 @@
-"""`t2v dit …`: the diffusion transformer's commands (the five training stages land here next)."""
+"""`t2v dit …` / `python -m components.dit …`: the diffusion transformer's commands."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from components.core.cli import run_command
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog or "python -m components.dit", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog or "python -m components.dit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser(
+        "info", help="describe a DiT preset or model folder as JSON",
+        epilog="example: t2v dit info --preset v1.2 --frames 93 --height 720 --width 1280")
+    source = info.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="preset name beside the component (tiny, v1.2) or a YAML path")
+    source.add_argument("--dit", help="DiT folder (ours or official Open-Sora Plan v1.2), local or s3://")
+    info.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override one preset value, e.g. --set model.num_layers=2 (repeatable)")
+    info.add_argument("--frames", type=int, default=29, help="clip frames, 1 + 4k (default: 29)")
+    info.add_argument("--height", type=int, default=480, help="clip height in pixels (default: 480)")
+    info.add_argument("--width", type=int, default=640, help="clip width in pixels (default: 640)")
+    return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    build_parser(prog).parse_args(argv)
-    print("the DiT stages are not implemented yet; see the issue tracker", file=sys.stderr)
-    return 2
+    args = build_parser(prog).parse_args(argv)
+    if args.command == "info":
+        from components.dit.info import dit_info
+
+        return run_command(dit_info, preset=args.preset, overrides=args.overrides, dit=args.dit,
+                           frames=args.frames, height=args.height, width=args.width)
+    raise AssertionError(args.command)

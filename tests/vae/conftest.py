@@ -10,11 +10,8 @@ from components.vae.model import CausalVAE
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _few_threads(one_torch_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture()
