@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from collections.abc import Sequence
 
 from components.core import storage
@@ -37,11 +38,24 @@ def problems(stages: Sequence[Stage], preset: str, overrides: Sequence[str],
                       for text in routed[component]]
             continue
         found += importlib.import_module(module).check(preset, routed[component], functions[component])
+    found = _one_unknown_preset_line(found)
     if annotations and not storage.exists(annotations):
         found.append(f"--annotations {annotations}: no such file")
     if not found:
         found += _stages_fit_together({stage.name for stage in stages}, preset, routed)
     return found
+
+
+def _one_unknown_preset_line(found: list[str]) -> list[str]:
+    """A preset no component has is one mistake: one line for it, not one per component."""
+    unknown = [re.match(r"unknown preset '(.+)' in .*/(\w+)/presets; available: (.*)$", line) for line in found]
+    matched = [match for match in unknown if match]
+    if len(matched) < 2 or len({(m.group(1), m.group(3)) for m in matched}) != 1:
+        return found
+    preset, available = matched[0].group(1), matched[0].group(3)
+    components = ", ".join(m.group(2) for m in matched)
+    rest = [line for line, match in zip(found, unknown, strict=True) if not match]
+    return [f"unknown preset '{preset}' (--preset): {components} have {available}", *rest]
 
 
 def check(stages: Sequence[Stage], preset: str, overrides: Sequence[str], annotations: str | None = None) -> None:

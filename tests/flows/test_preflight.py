@@ -50,7 +50,8 @@ def test_v1_2_names_the_lpips_weights_it_needs_offline(torch_home):
     ("vae.train.lrr=1", "unknown key 'train.lrr'"),
     ("data.shard.frames=[3]", "frame counts must be distinct and 1 or 4k+1"),
     ("vae.data.bucket=33x256x256", "vae.data.bucket 33x256x256 is not a bucket the shard stage makes"),
-    ("dit.model.depth=2", "--set dit.model.depth=2: the dit component has no configuration yet"),
+    ("dit.model.depth=2", "unknown key 'model.depth'"),
+    ("eval.x=1", "--set eval.x=1: the eval component has no configuration yet"),
     ("train.lr=1e-4", "must look like <component>.<key>=<value>"),
 ])
 def test_every_override_is_checked_before_any_stage(override, complaint, torch_home):
@@ -112,3 +113,7 @@ def test_pipeline_cli_user_errors_are_short_and_early(tmp_path):
         assert proc.stdout == ""
         assert time.monotonic() - started < 60  # no Prefect server was started, no stage ran
     assert not (tmp_path / "home").exists()
+
+
+def test_an_unknown_preset_is_one_line():
+    assert preflight.problems(chain(), "v9", []) == ["unknown preset 'v9' (--preset): data, vae, dit have tiny, v1.2"]
