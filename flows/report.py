@@ -22,10 +22,6 @@ def _metrics(metrics: dict[str, float], notes: dict[str, str]) -> str:
     return ", ".join(shown(key) for key in keys) or "–"
 
 
-def _link(text: str, url: str | None) -> str:
-    return f"[{text}]({url})" if url else text
-
-
 def uri_link(uri: str, text: str | None = None) -> str:
     """A link a reader can open: local paths as file:// URLs; s3:// URIs as they are (open them with an S3
     client or the bucket's console)."""
