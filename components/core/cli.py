@@ -12,6 +12,19 @@ from typing import Any
 from components.core.config import ConfigError
 from components.core.storage import StorageError
 
+# What a user's mistake raises (a preset, an override, an input, a missing file): one line, exit status 2.
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, StorageError, ValueError, FileNotFoundError)
+
+
+def is_user_error(exc: BaseException | None) -> bool:
+    """`exc`, or an exception it was raised from (a stage's error inside a pipeline's), is a user error."""
+    while exc is not None:
+        if isinstance(exc, USER_ERRORS):
+            return True
+        exc = exc.__cause__
+    return False
+
 
 def add_config_args(parser: argparse.ArgumentParser, example: str, default_preset: str = "tiny") -> None:
     """--preset and --set; `example` is an override this very command accepts (tests/test_cli_help.py checks)."""
@@ -38,7 +51,7 @@ def run_command(func: Callable[..., Any], preflight: Callable[[], list[str]] | N
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = func(**kwargs)
-    except (ConfigError, StorageError, ValueError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if result is not None:

@@ -117,3 +117,41 @@ def test_pipeline_cli_user_errors_are_short_and_early(tmp_path):
 
 def test_an_unknown_preset_is_one_line():
     assert preflight.problems(chain(), "v9", []) == ["unknown preset 'v9' (--preset): data, vae, dit have tiny, v1.2"]
+
+
+def test_a_stage_failing_on_the_users_input_ends_without_tracebacks(tmp_path, prefect_server):
+    """Found only at run time (the filter keeps none of the videos): the stages' log lines, then one error
+    line; exit status 2. The flow run's logs on the server keep the traceback."""
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text('[{"path": "missing.mp4", "cap": "nothing"}]')
+    env = {**os.environ, "PYTHONPATH": str(REPO), "T2V_HOME": str(tmp_path / "home"), "PREFECT_API_URL": prefect_server}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "flows", "run", "--annotations", str(annotations), "--until", "filter"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: stage 'filter' failed: ValueError: filter kept none of the 1 videos in {annotations}; "
+                      f"see {tmp_path}/home/runs/tiny/filter/report.md for the reasons (no manifest written)"]
+    assert "filter: video 1/1 (100%)" in proc.stderr  # the stage's progress line
+
+
+def test_console_keeps_a_bugs_traceback_and_drops_a_user_errors():
+    import logging
+
+    from flows.cli import _ShortUserErrors
+
+    formatter = _ShortUserErrors("%(message)s")
+
+    def formatted(exc: BaseException) -> str:
+        try:
+            raise exc
+        except BaseException:
+            return formatter.format(logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()))
+
+    assert formatted(KeyError("bug")).startswith("failed\nTraceback (most recent call last):")
+    assert formatted(ValueError("unknown key")) == "failed"
+    try:
+        raise RuntimeError("stage 'x' failed") from FileNotFoundError("no such file")
+    except RuntimeError as chained:
+        assert formatted(chained) == "failed"  # a stage's user error, wrapped by the pipeline
