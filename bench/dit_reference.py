@@ -11,8 +11,10 @@ Two jobs, both importing the reference from a checkout given on the command line
 `--threads` threads, both models holding the reference's random init (fixed seed) and seeing the same
 inputs (two samples with 64 text tokens each, 16 of them padding in the second; sizes in CASES). Each
 (implementation, case) runs in a fresh subprocess so its peak RSS is its own; both run back to back per case. Reported:
-wall seconds, peak RSS of the timed call (VmHWM reset before it; resident weights included), the
-ratios ours / reference, the max difference of the outputs (and of the input gradients for backward
+wall seconds, peak RSS of the timed call (VmHWM reset before it; libraries, weights and inputs
+included), the memory the call added, less the parameter gradients for backward cases
+(`activations_gib`: what the implementations differ in; ~0.9 GiB of libraries, 0.83 GiB of weights and
+0.83 GiB of gradients are the same for both), the ratios ours / reference, the max difference of the outputs (and of the input gradients for backward
 cases), and the fraction of this machine's fp32 matmul throughput each run reaches: model FLOPs (no
 recomputation counted) / seconds / the GFLOP/s of a 4096^3 `torch.mm` measured in the same subprocess.
 
@@ -47,12 +49,14 @@ REFERENCE_MODULE = "opensora.models.diffusion.opensora.modeling_opensora"
 IMPLEMENTATIONS = ("ours", "reference")
 SEED_WEIGHTS, SEED_INPUTS = 0, 1
 TEXT_TOKENS = 64
-# name: (latent frames, latent height, latent width, backward?, gradient checkpointing?)
+# name: (latent frames, latent height, latent width, backward?, gradient checkpointing?, our
+# mlp_checkpoint_tokens: the reference has no such setting)
 CASES = {
-    "fwdbwd192": (1, 24, 32, True, False),  # 1 x 12 x 16 = 192 tokens (an image at 192x256 px)
-    "fwd2400": (8, 30, 40, False, False),  # 8 x 15 x 20 = 2,400 tokens (29x240x320 px)
-    "fwd9600": (8, 60, 80, False, False),  # 8 x 30 x 40 = 9,600 tokens (29x480x640 px)
-    "fwdbwd2400ckpt": (8, 30, 40, True, True),  # training at 2,400 tokens, per-block checkpointing on both
+    "fwdbwd192": (1, 24, 32, True, False, None),  # 1 x 12 x 16 = 192 tokens (an image at 192x256 px)
+    "fwd2400": (8, 30, 40, False, False, None),  # 8 x 15 x 20 = 2,400 tokens (29x240x320 px)
+    "fwd9600": (8, 60, 80, False, False, None),  # 8 x 30 x 40 = 9,600 tokens (29x480x640 px)
+    "fwdbwd2400ckpt": (8, 30, 40, True, True, None),  # training at 2,400 tokens, per-block checkpointing on both
+    "fwdbwd2400ckptmlp": (8, 30, 40, True, True, 600),  # the same, our MLP also recomputed in 600-token chunks
 }
 
 
@@ -90,6 +94,13 @@ def slice_config(layers: int = 2):
     from components.dit.config import load_dit_config
 
     return load_dit_config("v1.2", [f"model.num_layers={layers}"]).model
+
+
+def _current_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20  # kB
+    raise AssertionError("/proc/self/status has no VmRSS line")
 
 
 def make_inputs(frames: int, height: int, width: int, text_channels: int, seed: int = SEED_INPUTS) -> dict:
@@ -156,11 +167,13 @@ def run_case(implementation: str, case: str, reference: Path, workdir: Path, thr
     from components.dit.official import build_with_weights
 
     torch.set_num_threads(threads)
-    frames, height, width, backward, checkpointing = CASES[case]
+    frames, height, width, backward, checkpointing, mlp_tokens = CASES[case]
     config = slice_config()
-    state = load_file(workdir / "diffusion_pytorch_model.safetensors")
+    # Copies, so the weights are resident before the call for both (load_file maps the file lazily).
+    state = {key: value.clone() for key, value in load_file(workdir / "diffusion_pytorch_model.safetensors").items()}
     if implementation == "ours":
-        model = build_with_weights(config.model_copy(update={"gradient_checkpointing": checkpointing}), state, "slice")
+        settings = {"gradient_checkpointing": checkpointing, "mlp_checkpoint_tokens": mlp_tokens}
+        model = build_with_weights(config.model_copy(update=settings), state, "slice")
         call = lambda x: model(x["latents"], x["timestep"], x["text"], x["text_mask"])  # noqa: E731
     else:
         model = import_reference(reference).from_config(reference_config(config))
@@ -173,6 +186,7 @@ def run_case(implementation: str, case: str, reference: Path, workdir: Path, thr
     inputs = make_inputs(frames, height, width, config.caption_channels)
     throughput = matmul_gflops()
     gc.collect()
+    resident = _current_rss_gib()  # libraries, weights and inputs, before the call
     peak_known = _reset_peak_rss()
     start = time.perf_counter()
     if backward:
@@ -188,7 +202,10 @@ def run_case(implementation: str, case: str, reference: Path, workdir: Path, thr
     save_file({key: value.contiguous() for key, value in outputs.items()}, workdir / f"{implementation}-{case}.safetensors")
     tokens = frames * (height // 2) * (width // 2)
     flops = model_flops(config, tokens, TEXT_TOKENS, backward)
-    return {"seconds": round(seconds, 2), "call_peak_rss_gib": round(peak, 2), "tokens": tokens,
+    gradient_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30 if backward else 0.0
+    return {"seconds": round(seconds, 2), "call_peak_rss_gib": round(peak, 2), "resident_gib": round(resident, 2),
+            "call_added_gib": round(peak - resident, 2),
+            "activations_gib": round(peak - resident - gradient_gib, 2), "tokens": tokens,
             "model_gflop": round(flops / 1e9, 1), "matmul_gflops": round(throughput, 1),
             "fraction_of_matmul": round(flops / seconds / 1e9 / throughput, 3)}
 
@@ -222,6 +239,7 @@ def speed(args) -> dict:
         ours, theirs = measured["ours"], measured["reference"]
         results[case] = {**measured, "time_ratio": round(ours["seconds"] / theirs["seconds"], 3),
                          "memory_ratio": round(ours["call_peak_rss_gib"] / theirs["call_peak_rss_gib"], 3),
+                         "activation_memory_ratio": round(ours["activations_gib"] / theirs["activations_gib"], 3),
                          **compare(workdir, case)}
         print(json.dumps({case: results[case]}), file=sys.stderr, flush=True)
     return results

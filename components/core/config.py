@@ -71,6 +71,8 @@ def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "<root>"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
+    if not error["loc"]:  # a check across groups: its message names the keys; the input is the whole config
+        return error["msg"].removeprefix("Value error, ")
     return f"key '{key}': {error['msg']} (got {error.get('input')!r})"
 
 

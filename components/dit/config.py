@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel, load_config
+from components.dit.text import TextEncoderConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -49,6 +50,10 @@ class DiTModelConfig(StrictModel):
     zero_init: bool = False
     # Recompute each block in the backward pass instead of keeping its activations (training only).
     gradient_checkpointing: bool = False
+    # Training: also recompute the MLP in chunks of this many tokens during backward, so its 4x-wide hidden
+    # layer never exists for all tokens at once (the largest activation of a block): less memory for long
+    # videos at the price of one more MLP forward per step. None: the MLP runs whole.
+    mlp_checkpoint_tokens: int | None = Field(None, gt=0)
 
     @property
     def hidden_size(self) -> int:
@@ -109,11 +114,33 @@ class LatentConfig(StrictModel):
                 width // self.spatial_compression)
 
 
+class DiffusionConfig(StrictModel):
+    """The training objective (reference notes §3.1): DDPM noise, epsilon target, min-SNR weighting."""
+
+    num_train_timesteps: int = Field(1000, gt=1)
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    snr_gamma: float | None = Field(5.0, gt=0)  # min-SNR-gamma loss weights; None: plain MSE
+    noise_offset: float = Field(0.02, ge=0)  # a per-sample, per-channel DC offset added to the noise
+    text_dropout: float = Field(0.1, ge=0, le=1)  # chance a caption is replaced by the empty one (for CFG)
+
+
 class DiTConfig(StrictModel):
-    """Root configuration of the DiT component; training, data and sampling groups join `model` later."""
+    """Root configuration of the DiT component; training, data and sampling groups join these later."""
 
     model: DiTModelConfig = DiTModelConfig()
     latent: LatentConfig = LatentConfig()
+    text: TextEncoderConfig = TextEncoderConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+
+    @model_validator(mode="after")
+    def _text_width_matches(self) -> DiTConfig:
+        if self.text.source == "tiny" and self.text.tiny.d_model != self.model.caption_channels:
+            raise ValueError(f"model.caption_channels ({self.model.caption_channels}) must equal the tiny text "
+                             f"encoder's width text.tiny.d_model ({self.text.tiny.d_model})")
+        return self
 
 
 def load_dit_config(preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> DiTConfig:

@@ -24,7 +24,8 @@ def dit_info(preset: str | None = None, overrides: Sequence[str] = (), dit: str 
         config, latent, source = read_dit_config(dit), LatentConfig(), {"dit": dit}
     else:
         root = load_dit_config(preset, overrides)
-        config, latent, source = root.model, root.latent, {"preset": preset}
+        config, latent = root.model, root.latent
+        source = {"preset": preset, "text_encoder": {"source": root.text.source, "max_length": root.text.max_length}}
     with torch.device("meta"):
         model = OpenSoraT2V(config)
     latent_frames, latent_height, latent_width = latent.latent_shape(frames, height, width, config.patch_size)

@@ -73,6 +73,14 @@ class TransformerBlock(nn.Module):
         self.attn2 = Attention(dim, config.num_attention_heads, config.attention_head_dim, config.dropout)
         self.ff = FeedForward(dim, dropout=config.dropout, activation_fn="gelu-approximate", bias=True)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        self.mlp_checkpoint_tokens = config.mlp_checkpoint_tokens
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        step = self.mlp_checkpoint_tokens
+        if step is None or h.shape[1] <= step:
+            return self.ff(h)
+        return torch.cat([torch.utils.checkpoint.checkpoint(self.ff, h[:, start:start + step], use_reentrant=False)
+                          for start in range(0, h.shape[1], step)], dim=1)
 
     def forward(self, x: torch.Tensor, modulation: torch.Tensor, context: torch.Tensor,
                 context_bias: torch.Tensor | None, self_bias: torch.Tensor | None,
@@ -86,7 +94,7 @@ class TransformerBlock(nn.Module):
         x = x + self.attn2(x, context, context_bias)  # query unnormalised, no gate (PixArt)
         if torch.is_grad_enabled():
             h = torch.addcmul(shift_mlp, self.norm2(x), 1 + scale_mlp)
-            return torch.addcmul(x, gate_mlp, self.ff(h))  # (B, N, D)
+            return torch.addcmul(x, gate_mlp, self._mlp(h))  # (B, N, D)
         # Inference: the MLP in token chunks, so its 4x-wide hidden layer never exists for all tokens at
         # once (at 9,600 tokens it would be the largest tensor of the pass); x is this block's own tensor.
         step = max(1, FF_CHUNK_BYTES // (batch * 4 * dim * x.element_size()))

@@ -53,7 +53,7 @@ _IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "attention_mod
             "norm_num_groups", "num_embeds_ada_norm", "use_additional_conditions", "use_linear_projection",
             "decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step",
             "use_ema_warmup"}
-_OURS = ("rope_angles", "zero_init", "gradient_checkpointing")
+_OURS = ("rope_angles", "zero_init", "gradient_checkpointing", "mlp_checkpoint_tokens")
 
 
 def _default_scales(raw: dict[str, Any]) -> dict[str, float]:

@@ -74,12 +74,28 @@ def swap_halves(x: torch.Tensor, chunk: int) -> torch.Tensor:
     return x.reshape(*shape[:-1], shape[-1] // chunk, 2, chunk // 2).flip(-2).reshape(shape)
 
 
+class _Rotate(torch.autograd.Function):
+    """RoPE as one autograd node that keeps only the (shared) tables for backward, not x and its swap:
+    rope(x) = x * cos + P(x) * sin with P the half swap, so d/dx is g * cos + P(g * sin) (P = P^T)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, chunk):
+        ctx.save_for_backward(cos, sin)
+        ctx.chunk = chunk
+        return torch.addcmul(x * cos, swap_halves(x, chunk), sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return grad * cos + swap_halves(grad * sin, ctx.chunk), None, None, None
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunk: int,
                inplace: bool = False) -> torch.Tensor:
     """x: (B, N, heads, head_dim); cos/sin: (N, head_dim). Returns the rotated x, same shape (x itself,
     rotated in place, when `inplace`: for inference, where x is a projection's own output)."""
     cos, sin = cos[:, None], sin[:, None]  # (N, 1, head_dim): broadcast over heads
-    swapped = swap_halves(x, chunk)
     if inplace:
+        swapped = swap_halves(x, chunk)
         return x.mul_(cos).addcmul_(swapped, sin)
-    return torch.addcmul(x * cos, swapped, sin)
+    return _Rotate.apply(x, cos, sin, chunk)

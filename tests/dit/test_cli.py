@@ -36,3 +36,10 @@ def test_a_bad_size_is_one_line_naming_it(capsys):
     assert main(["info", "--preset", "tiny", "--height", "100"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "height 100 must be a positive multiple of 16" in err
+
+
+def test_caption_width_must_match_the_tiny_text_encoder(capsys):
+    assert main(["info", "--preset", "tiny", "--set", "model.caption_channels=32"]) == 2
+    err = capsys.readouterr().err
+    assert "model.caption_channels (32) must equal the tiny text encoder's width text.tiny.d_model (64)" in err
+    assert "'num_layers'" not in err  # the message names the keys, not the whole configuration

@@ -134,12 +134,13 @@ def test_rope_cache_is_bounded():
 
 def test_gradient_checkpointing_gives_the_same_gradients(small_config):
     grads = []
-    for checkpointing in (False, True):
-        model = _model(small_config.model_copy(update={"gradient_checkpointing": checkpointing})).train()
+    for update in ({}, {"gradient_checkpointing": True}, {"gradient_checkpointing": True, "mlp_checkpoint_tokens": 5}):
+        model = _model(small_config.model_copy(update=update)).train()
         model(**make_inputs()).square().mean().backward()
         grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
     for name, grad in grads[0].items():
-        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+        for other in grads[1:]:
+            torch.testing.assert_close(other[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_zero_init_starts_at_zero_noise_and_still_learns(small_config):
@@ -197,3 +198,10 @@ def test_inference_path_equals_the_autograd_path(small_config, monkeypatch):
     with torch.no_grad():
         chunked = model(**inputs)
     torch.testing.assert_close(chunked, model(**inputs).detach(), rtol=0, atol=1e-6)
+
+
+def test_rope_backward_is_the_transpose_rotation():
+    rope = RoPE3D(head_dim=12, scales=(1.0, 1.5, 2.0))
+    cos, sin = rope.tables((2, 3, 2), torch.device("cpu"), torch.float64)
+    x = torch.randn(2, 12, 3, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin, 4), (x,))
