@@ -97,8 +97,13 @@ SERVERS_UP=1  # from here on they stay up whatever the pipeline does: a failed r
 PARAMS="${DEMO_PARAMS:-{\}}"  # the deployment's defaults need no parameters; DEMO_PARAMS may add some
 echo "demo: running t2v-full/local (tiny preset, synthetic data, parameters $PARAMS)"
 started=$(date +%s)
-"$BIN/prefect" deployment run t2v-full/local --params "$PARAMS" --watch
-echo "demo: pipeline finished in $(( $(date +%s) - started ))s"
+status=0
+"$BIN/prefect" deployment run t2v-full/local --params "$PARAMS" --watch || status=$?
+if [ "$status" = 0 ]; then
+  echo "demo: pipeline finished in $(( $(date +%s) - started ))s"
+else
+  echo "demo: the pipeline run failed (exit $status); its logs and error are in the Prefect UI below" >&2
+fi
 
 cat <<EOF
 
@@ -113,3 +118,4 @@ More from a new shell (README, "Your own Prefect server"):
   export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI T2V_HOME=$DEMO
   prefect deployment run t2v-full/local --watch
 EOF
+exit "$status"

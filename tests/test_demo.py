@@ -61,6 +61,13 @@ def test_demo_leaves_its_servers_up_reuses_them_and_down_stops_them(tmp_path):
         for name in NAMES:
             assert f"reusing the running {name} (pid {pids[name]}" in second.stdout
         assert {name: int((demo / f"{name}.pid").read_text()) for name in NAMES} == pids
+
+        # A failed pipeline run still ends with the links (to look at the failure), and the servers stay up.
+        failing = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                                 env={**env, "DEMO_PARAMS": json.dumps({"overrides": ["vae.train.lrr=1"]})})
+        assert failing.returncode != 0
+        assert "the pipeline run failed" in failing.stderr and "Where to look" in failing.stdout
+        assert all(_alive(pid) for pid in pids.values()) and all(_answers(link) for link in links)
     finally:
         down = subprocess.run(["bash", "scripts/demo-down.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=120)
