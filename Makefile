@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # import (seconds per process), so we compile once at install time.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test venv lint clean-demo
+.PHONY: demo down test venv lint clean-demo
 
 venv: $(STAMP)
 
@@ -32,5 +32,9 @@ lint: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
-clean-demo:
+# Stops the servers and the worker that `make demo` leaves running.
+down:
+	bash scripts/demo-down.sh
+
+clean-demo: down
 	rm -rf .t2v/demo

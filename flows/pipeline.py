@@ -19,9 +19,10 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.tasks import exponential_backoff
 
 from components.core import liveness, storage, tracking
-from flows import report, runner
+from flows import preflight, report, runner
+from flows.logs import forward_component_logs
 from flows.stage_flows import STAGE_FLOWS
-from flows.stages import Stage, absolute_root, chain, default_run_root, split_overrides, stage_dir
+from flows.stages import Stage, absolute_root, chain, default_run_root, stage_dir
 
 REPORT_KEY = "t2v-full-report"
 RUN_ROOT_TAG = "t2v.run_root"
@@ -117,9 +118,10 @@ def pipeline(
     that stage. Defaults need no parameters: tiny preset, synthetic data, `$T2V_HOME/runs/<preset>`.
     """
     logger = get_run_logger()
+    forward_component_logs()
     overrides = list(overrides or [])
-    split_overrides(overrides)  # a malformed override fails here, before any stage starts
     stages = chain(annotations, until)
+    preflight.check(stages, preset, overrides, annotations)  # user errors fail here, before any stage starts
     run_root = absolute_root(run_root or default_run_root(preset))
     options = {"num": num, "seed": seed, "kind": kind, "annotations": annotations}
 

@@ -45,6 +45,9 @@ def describe(stage: Stage, run_root: str, before: dict[str, Any] | None, seconds
         "mlflow_run_id": run_id,
         "mlflow_url": tracking.run_url(tracking.Run(run_id, run["experiment_id"])) if run else None,
         "metrics": run["metrics"] if run else {},
+        # What a reader must know beside a number (tags `note.<metric>`, e.g. a random LPIPS backbone).
+        "notes": {tag.removeprefix("note."): text for tag, text in (run["tags"] if run else {}).items()
+                  if tag.startswith("note.")},
         "registered_model": after.get("registered_model"),  # {name, version} when the stage registered one
     }
 

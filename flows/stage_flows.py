@@ -15,6 +15,7 @@ from prefect.tasks import exponential_backoff
 
 from components.core.storage import StorageError
 from flows import runner
+from flows.logs import forward_component_logs
 from flows.stages import BY_NAME
 
 
@@ -33,6 +34,7 @@ def _transient(task_, task_run, state) -> bool:
       cache_policy=NO_CACHE, task_run_name="{name}")
 def run_stage(name: str, run_root: str, preset: str, overrides: list[str] | None, parent_run_id: str | None,
               **options: Any) -> dict[str, Any]:
+    forward_component_logs()  # progress and other component logs into this flow run's logs
     return runner.run_stage(BY_NAME[name], run_root, preset, overrides or [], parent_run_id, **options)
 
 

@@ -65,7 +65,11 @@ def _vae_phase2(run_root: str) -> dict[str, Any]:
 
 
 def _vae_eval(run_root: str) -> dict[str, Any]:
-    return {"vae": storage.join(stage_dir(run_root, "vae-phase2"), "model"), "data": stage_dir(run_root, "shard")}
+    # The original clips the filter kept, not the shards: the protocol reads 33 consecutive frames of the
+    # source video with no lossy re-encode in between (reference notes §1.11, §9.10), and the shards hold
+    # only the training bucket's frames.
+    return {"vae": storage.join(stage_dir(run_root, "vae-phase2"), "model"),
+            "data": storage.join(stage_dir(run_root, "filter"), "kept.json")}
 
 
 STAGES: tuple[Stage, ...] = (
@@ -109,10 +113,12 @@ def split_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
 
 
 def default_run_root(preset: str) -> str:
-    """A run folder under the working folder (`$T2V_HOME`, default `./.t2v`), one per preset."""
+    """A run folder under the working folder (`$T2V_HOME`, default `./.t2v`), one per preset: named as
+    the preset (`runs/v1.2`), or after the file for a YAML path (`runs/mine` for `mine.yaml`)."""
     from components.core.tracking import t2v_home
 
-    return str(t2v_home() / "runs" / Path(str(preset)).stem)
+    name = Path(str(preset))
+    return str(t2v_home() / "runs" / (name.stem if name.suffix in (".yaml", ".yml") else name.name))
 
 
 def absolute_root(run_root: str) -> str:

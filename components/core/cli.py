@@ -13,15 +13,26 @@ from components.core.config import ConfigError
 from components.core.lease import LeaseHeld, LeaseLost
 from components.core.storage import StorageError
 
-# What a user can get wrong (configuration, inputs, storage, a busy output folder): one clear line, no traceback.
+# What a user can get wrong (a preset, an override, an input, a missing file, a busy output folder): one
+# line, exit status 2. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, StorageError, LeaseHeld, LeaseLost, ValueError, FileNotFoundError)
 
 
-def add_config_args(parser: argparse.ArgumentParser, default_preset: str = "tiny") -> None:
+def is_user_error(exc: BaseException | None) -> bool:
+    """`exc`, or an exception it was raised from (a stage's error inside a pipeline's), is a user error."""
+    while exc is not None:
+        if isinstance(exc, USER_ERRORS):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def add_config_args(parser: argparse.ArgumentParser, example: str, default_preset: str = "tiny") -> None:
+    """--preset and --set; `example` is an override this very command accepts (tests/test_cli_help.py checks)."""
     parser.add_argument("--preset", default=default_preset,
                         help=f"preset name beside the component (tiny, v1.2) or a YAML path (default: {default_preset})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one configuration value, e.g. --set train.lr=1e-4 (repeatable)")
+                        help=f"override one configuration value, e.g. --set {example} (repeatable)")
 
 
 def add_tracking_args(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +40,15 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
                         help="MLflow run to nest this stage's run under (default: $T2V_PARENT_RUN_ID)")
 
 
-def run_command(func: Callable[..., Any], **kwargs: Any) -> int:
-    """Call a component function; print its result as JSON; turn user errors into one clear line."""
+def run_command(func: Callable[..., Any], preflight: Callable[[], list[str]] | None = None, **kwargs: Any) -> int:
+    """Call a component function; print its result as JSON; turn user errors into one clear line.
+
+    `preflight` returns the problems that need no work to find (components/core/preflight.py): any of them
+    ends the command before it starts, with exit status 2."""
+    problems = preflight() if preflight is not None else []
+    if problems:
+        print("error: " + "\n".join(problems), file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = func(**kwargs)

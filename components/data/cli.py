@@ -17,13 +17,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     synth.add_argument("--num", type=int, default=48, help="number of clips")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--kind", choices=["shapes", "photos"], default="shapes")
-    add_config_args(synth)
+    add_config_args(synth, "synth.bad_fraction=0.1")
     add_tracking_args(synth)
 
     shard = commands.add_parser("shard", help="bucket kept clips and write WebDataset shards + manifest")
     shard.add_argument("--annotations", required=True, help="annotations JSON list (local path or s3:// URI)")
     shard.add_argument("--out", required=True, help="output folder or s3:// prefix")
-    add_config_args(shard)
+    add_config_args(shard, "shard.workers=4")
     add_tracking_args(shard)
 
     verify = commands.add_parser("verify", help="re-check every shard of a manifest (exit 1 on any problem)")
@@ -32,7 +32,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     filter_ = commands.add_parser("filter", help="probe, score and filter annotated videos into kept/rejected")
     filter_.add_argument("--annotations", required=True, help="annotations JSON (Open-Sora Plan schema), local or s3://")
     filter_.add_argument("--out", required=True, help="output folder or s3:// URI")
-    add_config_args(filter_)
+    add_config_args(filter_, "filter.workers=2")
     add_tracking_args(filter_)
     return parser
 

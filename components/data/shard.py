@@ -25,11 +25,11 @@ from typing import Any
 import jsonschema
 import numpy as np
 import webdataset
-from tqdm import tqdm
 
 from components.core import lease, storage, tracking
 from components.core import manifest as core_manifest
 from components.core.config import config_hash
+from components.core.progress import Progress
 from components.data.annotations import annotations_root, resolve_inside
 from components.data.buckets import (
     Bucket,
@@ -343,8 +343,10 @@ def _write_shards(tasks: list[ClipTask], unfit: list[dict], out: str, cfg: Shard
             results = _bounded_map(pool, encode, tasks, 4 * cfg.workers)
         else:
             pool, results = None, map(encode, tasks)
+        progress = Progress("shard", len(tasks), unit="clip", log=log)
         try:
-            for task, result in tqdm(zip(tasks, results, strict=True), total=len(tasks), desc="shard", unit="clip", disable=None):
+            for done, (task, result) in enumerate(zip(tasks, results, strict=True), start=1):
+                progress.update(done)
                 if "unfit" in result:
                     unfit.append({"number": task.number, "path": task.path, "reason": result["unfit"]})
                     continue
@@ -358,6 +360,7 @@ def _write_shards(tasks: list[ClipTask], unfit: list[dict], out: str, cfg: Shard
                 writers[task.bucket].add(result["key"], result["mp4"], result["meta"])
                 psnrs.setdefault(task.bucket.name, []).append(result["psnr"])
         finally:
+            progress.close()
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         for writer in writers.values():

@@ -21,15 +21,48 @@ def side_by_side(original: torch.Tensor, reconstruction: torch.Tensor) -> np.nda
     return np.concatenate([_to_uint8(original), _to_uint8(reconstruction)], axis=3)
 
 
-def save_reconstruction_grid(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path,
-                             max_frames: int = 8) -> Path:
-    """PNG with one row per clip, `max_frames` evenly spaced frames per row, each original|reconstruction."""
+LABEL_HEIGHT = 14  # px of a caption band
+LABEL_WIDTH = 52  # px of the "input" / "output" column of a grid
+
+
+def clip_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> list[float]:
+    """PSNR in dB of each clip of (B, 3, T, H, W) videos in [-1, 1]: the mean of its frames' PSNR."""
+    from components.eval.metrics import psnr
+
+    def unit(video: torch.Tensor) -> torch.Tensor:
+        return ((video.detach().float().clamp(-1, 1) + 1) / 2).transpose(1, 2)  # (B, T, 3, H, W) in [0, 1]
+
+    return psnr(unit(reconstruction), unit(original)).mean(dim=1).tolist()  # (B, T) -> B values
+
+
+def _band(height: int, width: int, text: str) -> np.ndarray:
+    """(height, width, 3) uint8: `text` in white on dark grey, vertically centred."""
     import cv2
 
-    pairs = side_by_side(original, reconstruction)  # (B, T, H, 2W, 3)
-    frame_ids = np.unique(np.linspace(0, pairs.shape[1] - 1, min(max_frames, pairs.shape[1])).round().astype(int))
-    rows = [np.concatenate(list(clip[frame_ids]), axis=1) for clip in pairs]  # each (H, k·2W, 3)
-    grid = np.concatenate(rows, axis=0)  # (B·H, k·2W, 3)
+    band = np.full((height, width, 3), 40, dtype=np.uint8)
+    baseline = (height + 8) // 2  # FONT_HERSHEY_SIMPLEX at 0.35 is about 8 px tall
+    cv2.putText(band, text, (3, baseline), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return band
+
+
+def save_reconstruction_grid(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path,
+                             max_frames: int = 8) -> Path:
+    """PNG, per clip: a caption band "clip i: PSNR x dB", then an `input` row and an `output` row of
+    `max_frames` evenly spaced frames, each row named in a column on its left."""
+    import cv2
+
+    side_by_side(original, reconstruction)  # checks the shapes
+    inputs, outputs = _to_uint8(original), _to_uint8(reconstruction)  # (B, T, H, W, 3) each
+    num_frames, height = inputs.shape[1], inputs.shape[2]
+    frame_ids = np.unique(np.linspace(0, num_frames - 1, min(max_frames, num_frames)).round().astype(int))
+    blocks = []
+    for index, clip_db in enumerate(clip_psnr(original, reconstruction)):
+        rows = [np.concatenate([_band(height, LABEL_WIDTH, name), *clip[frame_ids]], axis=1)  # (H, L + k·W, 3)
+                for name, clip in (("input", inputs[index]), ("output", outputs[index]))]
+        caption = _band(LABEL_HEIGHT, rows[0].shape[1],
+                        f"clip {index + 1}: PSNR {clip_db:.2f} dB, frames {', '.join(str(i) for i in frame_ids)}")
+        blocks.append(np.concatenate([caption, *rows], axis=0))
+    grid = np.concatenate(blocks, axis=0)  # (B·(caption + 2H), L + k·W, 3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
@@ -39,11 +72,19 @@ def save_reconstruction_grid(original: torch.Tensor, reconstruction: torch.Tenso
 
 def save_side_by_side_video(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path,
                             fps: float = 8.0) -> Path:
-    """H.264 mp4 (PyAV; OpenCV's wheel cannot write H.264) of the clips one after another, original|reconstruction."""
+    """H.264 mp4 (PyAV; OpenCV's wheel cannot write H.264) of the clips one after another, input | output
+    side by side under a caption with the clip's PSNR."""
     import av
 
     pairs = side_by_side(original, reconstruction)  # (B, T, H, 2W, 3)
-    frames = pairs.reshape(-1, *pairs.shape[2:])  # (B·T, H, 2W, 3)
+    half = pairs.shape[3] // 2
+    labelled = []
+    for clip, clip_db in zip(pairs, clip_psnr(original, reconstruction), strict=True):
+        # Above each frame: which half is which, and the clip's PSNR.
+        header = np.concatenate([_band(LABEL_HEIGHT, half, "input"), _band(LABEL_HEIGHT, half, "output")], axis=1)
+        caption = _band(LABEL_HEIGHT, 2 * half, f"PSNR {clip_db:.2f} dB")
+        labelled += [np.concatenate([caption, header, frame], axis=0) for frame in clip]
+    frames = np.stack(labelled)  # (B·T, 2·LABEL_HEIGHT + H, 2W, 3)
     height, width = frames.shape[1] - frames.shape[1] % 2, frames.shape[2] - frames.shape[2] % 2  # yuv420p
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

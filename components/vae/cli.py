@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from components.core.cli import add_config_args, add_tracking_args, run_command
 
@@ -24,7 +25,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output folder or s3:// URI (resumes when it holds checkpoints)")
     train.add_argument("--init", default=None,
                        help="phase 2: phase 1's output folder; phase 1: optional VAE folder (e.g. tail-initialised)")
-    add_config_args(train)
+    add_config_args(train, "train.lr=1e-4")
     add_tracking_args(train)
 
     evaluate = commands.add_parser("eval", help="PSNR/SSIM/LPIPS, speed and memory of a VAE (reference protocol)")
@@ -32,7 +33,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True,
                           help="shard manifest, annotations JSON, or a folder of videos, local or s3://")
     evaluate.add_argument("--out", required=True, help="output folder or s3:// URI")
-    add_config_args(evaluate)
+    add_config_args(evaluate, "eval.max_clips=8")
     add_tracking_args(evaluate)
     return parser
 
@@ -43,14 +44,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         from components.vae.info import vae_info
 
         return run_command(vae_info, preset=args.preset, overrides=args.overrides, vae=args.vae)
+    if args.command in ("train", "eval"):
+        from components.vae.preflight import check
+
+        function = {"train": "train_vae", "eval": "evaluate_vae"}[args.command]
+        preflight = functools.partial(check, args.preset, args.overrides, {function})
     if args.command == "train":
         from components.vae.train import train_vae
 
-        return run_command(train_vae, phase=args.phase, data=args.data, out=args.out, init=args.init,
+        return run_command(train_vae, preflight, phase=args.phase, data=args.data, out=args.out, init=args.init,
                            preset=args.preset, overrides=args.overrides, parent_run_id=args.parent_run_id)
     if args.command == "eval":
         from components.vae.evaluate import evaluate_vae
 
-        return run_command(evaluate_vae, vae=args.vae, data=args.data, out=args.out, preset=args.preset,
+        return run_command(evaluate_vae, preflight, vae=args.vae, data=args.data, out=args.out, preset=args.preset,
                            overrides=args.overrides, parent_run_id=args.parent_run_id)
     raise AssertionError(args.command)

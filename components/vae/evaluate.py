@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from components.core import checkpoints, lease, manifest, runtime, storage, tracking
 from components.core.config import config_hash
+from components.core.progress import Progress
 from components.eval.metrics import LPIPSMetric, MetricAggregator, video_metrics
 from components.vae import load_vae
 from components.vae.config import load_vae_config
@@ -84,7 +85,9 @@ def _evaluate_stage(vae: str, data: str, out: str, preset: str, config: EvalConf
     with tracking.stage_run(STAGE, parent_run_id=parent_run_id, params={"vae": vae, "data": data, **protocol},
                             tags={"stage": STAGE, "preset": preset}) as run:
         report, previews = _evaluate(model, lpips_metric, source, config, device, amp_dtype)
-        report = {"protocol": protocol, **report}
+        report = {"protocol": protocol, **report, "notes": _notes(config)}
+        if report["notes"]:
+            run.set_tags({f"note.eval/{metric}": text for metric, text in report["notes"].items()})
         files = _write_outputs(out, report, previews, run)
         run.log_metrics({f"eval/{k}": v for k, v in report["metrics"].items()})
         run.log_metrics({f"eval/{k}": v for k, v in report["speed"].items() if v is not None})
@@ -96,9 +99,18 @@ def _evaluate_stage(vae: str, data: str, out: str, preset: str, config: EvalConf
     return {**_summary(report), "out": str(out), "mlflow_run_id": run.run_id, "skipped": False}
 
 
+def _notes(config: EvalConfig) -> dict[str, str]:
+    """What a reader must know next to a number: metric -> note."""
+    if not config.lpips_random_backbone:
+        return {}
+    return {"lpips": f"random {config.lpips_backbone} backbone (eval.lpips_random_backbone=true): tests the code "
+                     "path only, not real LPIPS and not comparable to published numbers"}
+
+
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     return {**report["metrics"], **{k: v for k, v in report["speed"].items()}, "clips": report["clips"],
-            "lpips_comparable_to_published": report["protocol"]["lpips"]["comparable_to_published"]}
+            "lpips_comparable_to_published": report["protocol"]["lpips"]["comparable_to_published"],
+            "notes": report["notes"]}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -128,6 +140,9 @@ def _evaluate(model, lpips_metric: LPIPSMetric, source: _DataSource, config: Eva
         aggregator.update(video_metrics(recon, video, lpips_metric))
         if len(previews) < config.preview_clips:
             previews.append((video[:1].cpu(), recon[:1].cpu()))
+        progress.update(clips)
+
+    progress = Progress(STAGE, config.max_clips, unit="clip", log=log)
 
     for clip in source.clips():
         if config.max_clips is not None and clips >= config.max_clips:

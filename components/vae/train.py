@@ -30,6 +30,7 @@ import torch
 from components.core import checkpoints, manifest, runtime, storage, tracking
 from components.core.config import config_hash
 from components.core.host_memory import reuse_freed_memory
+from components.core.progress import Progress
 from components.vae import load_vae, trainer_state
 from components.vae.config import VAEConfig, load_vae_config
 from components.vae.discriminator import PatchDiscriminator3D
@@ -281,6 +282,7 @@ class _Trainer:
 
     def _fit(self) -> None:
         cfg = self.train_cfg
+        progress = Progress(STAGES[self.phase], self.total_steps, initial=self.step, log=log)
         while self.step < self.total_steps:
             use_gan = self.step >= cfg.disc_start
             generator_turn = not use_gan or (self.step - cfg.disc_start) % 2 == 0
@@ -291,6 +293,7 @@ class _Trainer:
                 continue
             self.bad_streak = []
             self.step += 1
+            progress.update(self.step, loss=terms.get("gen", terms.get("disc")))
             self.last_terms.update(terms)
             for name, value in terms.items():
                 total, count = self.interval_terms.get(name, (0.0, 0))

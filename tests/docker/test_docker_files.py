@@ -135,10 +135,11 @@ def test_stack_has_its_services_and_stage_images():
     for name in COMPONENTS:
         stage = services[name]
         assert stage["profiles"] == ["stages"]
-        assert stage["build"]["dockerfile"] == f"docker/{name}.Dockerfile"
+        assert stage["build"]["dockerfile"] == "docker/pipeline.Dockerfile" and stage["build"]["target"] == name
         assert Path(stage["build"]["context"]) == REPO
         assert stage["image"] == f"t2v-{name}:cpu"
-    assert services["worker"]["build"]["dockerfile"] == "docker/flows.Dockerfile"
+    assert services["worker"]["build"]["dockerfile"] == "docker/pipeline.Dockerfile"
+    assert services["worker"]["build"]["target"] == "flows"
     assert services["worker"]["image"] == "t2v-flows:cpu"
     assert "profiles" not in services["worker"]
 
@@ -280,41 +281,82 @@ def test_hadolint_passes(dockerfile):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_pipeline_image_has_a_dockerfile():
-    assert {p.name for p in ALL_DOCKERFILES} == {f"{name}.Dockerfile" for name in [*PIPELINE_IMAGES, "mlflow"]}
+def test_one_dockerfile_builds_every_pipeline_image():
+    assert {p.name for p in ALL_DOCKERFILES} == {"pipeline.Dockerfile", "mlflow.Dockerfile"}
 
 
-@pytest.mark.parametrize("name", PIPELINE_IMAGES)
-def test_pipeline_dockerfile_shape(name):
-    text = _dockerfile(name)
+def _service(name: str) -> str:
+    return "worker" if name == "flows" else name
+
+
+def _build_args(name: str) -> dict[str, str]:
+    return _config()["services"][_service(name)]["build"]["args"]
+
+
+def _target(name: str) -> str:
+    """The Dockerfile's text of target `name` (from its FROM line to the next FROM)."""
+    text = _dockerfile("pipeline")
+    match = re.search(rf"^FROM runtime AS {name}\n(.*?)(?=^FROM |\Z)", text, re.MULTILINE | re.DOTALL)
+    assert match, f"no target {name}"
+    return match.group(1)
+
+
+def test_pipeline_dockerfile_shape():
+    text = _dockerfile("pipeline")
     assert _arg_default(text, "BASE") == "python:3.11-slim-trixie"
     assert _arg_default(text, "TORCH_INDEX") == "https://download.pytorch.org/whl/cpu"
-    assert _arg_default(text, "EXTRAS") == ("all" if name == "flows" else name)
+    assert _arg_default(text, "EXTRAS") == "all"  # the defaults build the flows image, which runs everything
     assert 'pip install -c /tmp/constraints.txt ".[${EXTRAS}]"' in text
     assert 'pip install --index-url "${TORCH_INDEX}" -r /tmp/torch.txt' in text
     assert "Ascend" in text and "npu" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    entrypoints = re.findall(r"^ENTRYPOINT\s+(.+)$", text, re.MULTILINE)
+    stages = re.findall(r"^FROM \S+ AS (\S+)$", text, re.MULTILINE)
+    assert stages == ["base", "build", "runtime", *COMPONENTS, "flows"]  # flows last: the default target
+
+
+@pytest.mark.parametrize("name", PIPELINE_IMAGES)
+def test_each_target_runs_its_component(name):
+    target = _target(name)
+    entrypoints = re.findall(r"^ENTRYPOINT\s+(.+)$", target, re.MULTILINE)
     if name == "flows":
         assert entrypoints == []  # a Prefect docker worker sets the command; nothing may prefix it
-        assert re.search(r"^WORKDIR /app$", text, re.MULTILINE)
+        assert re.search(r"^WORKDIR /app$", target, re.MULTILINE)
+        assert "COPY --from=build /src /app" in target
     else:
         assert [json.loads(e) for e in entrypoints] == [["python", "-m", f"components.{name}"]]
-        assert re.search(r"^WORKDIR /home/t2v$", text, re.MULTILINE)
+        assert "WORKDIR" not in target  # /home/t2v, from the shared runtime stage
 
 
-def test_pipeline_dockerfiles_share_their_build_steps():
-    # Identical steps mean shared layers (one Python, one torch download per variant) and one place to
-    # read; the files differ only in their header comment, ARG defaults and final stage.
-    def build_steps(name: str) -> str:
-        text = _dockerfile(name)
-        steps = text[text.index("FROM ${BASE} AS base"):text.index("\nFROM base\n")]
-        return re.sub(r"^ARG (TORCH_PACKAGES|EXTRAS)=.*$", "", steps, flags=re.MULTILINE)
+@needs_compose
+@pytest.mark.parametrize("name", PIPELINE_IMAGES)
+def test_each_image_installs_its_extra_and_only_the_code_it_imports(name):
+    args = _build_args(name)
+    assert args["EXTRAS"] == ("all" if name == "flows" else name)
+    code = args["CODE"].split()
+    if name == "flows":
+        assert set(code) == {"flows", *(f"components/{c}" for c in COMPONENTS)}
+        return
+    assert code[0] == f"components/{name}"
+    # Closed under imports: every component the image's code imports is in the image (core always is).
+    present = {"core", *(path.removeprefix("components/") for path in code)}
+    for folder in code:
+        for source in (REPO / folder).rglob("*.py"):
+            imported = set(re.findall(r"^\s*(?:from|import) components\.(\w+)", source.read_text(), re.MULTILINE))
+            assert imported <= present, f"{source.relative_to(REPO)} imports {sorted(imported - present)}, not in {name}'s CODE"
+    assert len(present) < len(COMPONENTS) + 1  # not everything: that is what `flows` is for
 
-    reference = build_steps("data")
-    for name in PIPELINE_IMAGES[1:]:
-        assert build_steps(name) == reference, name
+
+@needs_compose
+@pytest.mark.parametrize("name", PIPELINE_IMAGES)
+def test_torch_packages_follow_the_extra(name):
+    # torchvision must come from the torch index (not PyPI) exactly when the image's extra needs it.
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    args = _build_args(name)
+    wanted = {"torch"} | ({"torchvision"} & _extra_requirements(args["EXTRAS"], extras))
+    assert set(args["TORCH_PACKAGES"].split()) == wanted
+    for package in wanted:
+        _constraint_version(package)  # the build greps this pin; it must exist
 
 
 def _extra_requirements(extra: str, extras: dict[str, list[str]]) -> set[str]:
@@ -327,17 +369,6 @@ def _extra_requirements(extra: str, extras: dict[str, list[str]]) -> set[str]:
         else:
             names.add(name)
     return names
-
-
-@pytest.mark.parametrize("name", PIPELINE_IMAGES)
-def test_torch_packages_follow_the_extra(name):
-    # torchvision must come from the torch index (not PyPI) exactly when the image's extra needs it.
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    text = _dockerfile(name)
-    wanted = {"torch"} | ({"torchvision"} & _extra_requirements(_arg_default(text, "EXTRAS"), extras))
-    assert set(_arg_default(text, "TORCH_PACKAGES").split()) == wanted
-    for package in wanted:
-        _constraint_version(package)  # the build greps this pin; it must exist
 
 
 def test_postgres_init_script_is_valid_bash():

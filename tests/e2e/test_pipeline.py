@@ -111,6 +111,32 @@ def test_prefect_report_artifact(first_run, stack_env):
     assert any(first_run in str(a.data) for a in reports)
 
 
+def test_prefect_logs_show_vae_training_progress(first_run, stack_env):
+    """The VAE phase-1 stage's flow run logs its steps (first, last, and one every few seconds between)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    (parent,) = _parent_runs(first_run)[:1]
+    pipeline_flow_run = parent["tags"]["prefect.flow_run_id"]
+    with temporary_settings({PREFECT_API_URL: stack_env.prefect_api}), get_client(sync_client=True) as client:
+        stage_flow = client.read_flow_by_name("t2v-vae-phase1")
+        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_flow_run])))
+        (stage_run,) = [run for run in subflows if run.flow_id == stage_flow.id]
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[stage_run.id])))
+    steps = [log.message for log in logs if log.message.startswith("vae-phase1: step ")]
+    assert steps, [log.message for log in logs]
+    assert steps[0].startswith("vae-phase1: step 1/4 (25%), loss=")
+    assert steps[-1].startswith("vae-phase1: step 4/4 (100%), loss=") and " step/s, elapsed " in steps[-1]
+    assert len(steps) <= 4
+
+
 def test_second_run_skips_every_stage(first_run, stack: Stack, stack_env):
     before = {name: storage.read_bytes(storage.join(first_run, name, "manifest.json")) for name in STAGES}
     proc = stack.run_deployment("t2v-full/local", {**PARAMETERS, "run_root": first_run})

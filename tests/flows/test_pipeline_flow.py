@@ -38,19 +38,26 @@ def test_a_failing_stage_fails_the_pipeline_with_its_message(tmp_path, local_tra
     from flows.pipeline import StageFailed, pipeline
 
     root = str(tmp_path / "run")
-    with pytest.raises(StageFailed, match=r"(?s)stage 'synth' failed: ConfigError: .*unknown key 'synth.colour'"):
-        pipeline(run_root=root, num=3, overrides=["data.synth.colour=red"], until="synth")
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text('[{"path": "missing.mp4", "cap": "nothing"}]')
+    with pytest.raises(StageFailed, match=r"stage 'filter' failed: ValueError: filter kept none of the 1 videos"):
+        pipeline(run_root=root, annotations=str(annotations), until="filter")
     report = storage.read_text(f"{root}/report.md")
-    assert "# t2v-full: failed" in report and "unknown key 'synth.colour'" in report
-    assert not storage.exists(f"{root}/synth/manifest.json")
+    assert "# t2v-full: failed" in report and "filter kept none of the 1 videos" in report
+    assert not storage.exists(f"{root}/filter/manifest.json")
 
 
-def test_a_malformed_override_fails_before_any_stage(tmp_path, local_tracking, prefect_api):
+@pytest.mark.parametrize("override, complaint", [("synth.colour=red", "<component>.<key>=<value>"),
+                                                 ("data.synth.colour=red", "unknown key 'synth.colour'"),
+                                                 ("vae.train.lrr=1", "unknown key 'train.lrr'")])
+def test_a_bad_override_fails_before_any_stage(tmp_path, local_tracking, prefect_api, override, complaint):
     from flows.pipeline import pipeline
+    from flows.preflight import PreflightFailed
 
-    with pytest.raises(ValueError, match="<component>.<key>=<value>"):
-        pipeline(run_root=str(tmp_path / "run"), overrides=["synth.colour=red"])
+    with pytest.raises(PreflightFailed, match=complaint):
+        pipeline(run_root=str(tmp_path / "run"), overrides=[override])
     assert not (tmp_path / "run").exists()
+    assert not (local_tracking / "mlflow.db").exists()  # not even the pipeline's MLflow run was started
 
 
 def _earlier_parent(run_root: str, **owner: str) -> tracking.Run:

@@ -45,6 +45,8 @@ def test_overrides_are_routed_to_their_component():
 def test_run_roots(tmp_path, monkeypatch):
     monkeypatch.setenv("T2V_HOME", str(tmp_path / "home"))
     assert default_run_root("tiny") == str(tmp_path / "home" / "runs" / "tiny")
+    assert default_run_root("v1.2") == str(tmp_path / "home" / "runs" / "v1.2")  # not `v1`: named as the preset
+    assert default_run_root("my/presets/big.yaml") == str(tmp_path / "home" / "runs" / "big")
     assert absolute_root("s3://bucket/runs/a/") == "s3://bucket/runs/a"
     monkeypatch.chdir(tmp_path)
     assert absolute_root("rel/run") == str(tmp_path / "rel" / "run")
@@ -76,18 +78,36 @@ def test_runner_passes_a_stage_error_through(tmp_path, local_tracking):
         runner.run_stage(FAKE, str(tmp_path), colour="red")
 
 
-def test_report_table():
+def test_report_table(tmp_path, local_tracking):
     results = [
         {"stage": "synth", "status": "ran", "seconds": 1.25, "manifest": "s3://b/r/synth/manifest.json",
          "outputs": {"annotations.json": "s3://b/r/synth/annotations.json"}, "mlflow_run_id": "abcdef123456",
-         "mlflow_url": "http://mlflow/#/experiments/1/runs/abcdef123456",
+         "mlflow_url": "http://mlflow/#/experiments/1/runs/abcdef123456", "out": "s3://b/r/synth",
          "metrics": {"num_clips": 12.0, "num_good": 10.0, "defect.static": 1.0}},
         {"stage": "filter", "status": "failed", "seconds": 0.5},
     ]
     text = report.markdown("s3://b/r", results, {"run_id": "parent1", "url": None}, error="stage 'filter' failed: x")
     assert text.startswith("# t2v-full: failed")
     assert ("| synth | **ran** | 1.2 | num_clips=12, num_good=10 | `s3://b/r/synth/manifest.json`<br>"
-            "`s3://b/r/synth/annotations.json` | [`abcdef12`](http://mlflow/#/experiments/1/runs/abcdef123456) |"
+            "`s3://b/r/synth/annotations.json` | [open in MLflow](http://mlflow/#/experiments/1/runs/abcdef123456) |"
             ) in text
     assert "| filter | **failed** | 0.5 | – | – | – |" in text
     assert "stage 'filter' failed: x" in text
+    # Without a tracking server: the full id, and how to look at it.
+    assert (f"- MLflow parent run: `parent1` (see it with `mlflow ui --backend-store-uri "
+            f"sqlite:///{local_tracking / 'mlflow.db'}`)") in text
+
+
+def test_report_links_local_artifacts_and_notes_beside_numbers(tmp_path):
+    root = tmp_path / "run"
+    results = [{"stage": "vae-eval", "status": "ran", "seconds": 3.0, "out": f"{root}/vae-eval",
+                "manifest": f"{root}/vae-eval/manifest.json", "outputs": {"metrics.json": f"{root}/vae-eval/metrics.json"},
+                "mlflow_run_id": "0123456789abcdef", "mlflow_url": None,
+                "metrics": {"eval/psnr": 21.5, "eval/lpips": 0.4},
+                "notes": {"eval/lpips": "random alex backbone: not real LPIPS"}}]
+    text = report.markdown(str(root), results, {"run_id": "p", "url": "http://127.0.0.1:5000/#/experiments/1/runs/p"})
+    assert f"- run root: [{root}]({root.as_uri()})" in text
+    assert "- MLflow parent run: [http://127.0.0.1:5000/#/experiments/1/runs/p](http://127.0.0.1:5000/#/" in text
+    assert (f"| vae-eval | **ran** | 3.0 | eval/psnr=21.5, eval/lpips=0.4 (**random alex backbone: not real LPIPS**) | "
+            f"[manifest.json]({root.as_uri()}/vae-eval/manifest.json)<br>"
+            f"[metrics.json]({root.as_uri()}/vae-eval/metrics.json) | `0123456789abcdef` |") in text

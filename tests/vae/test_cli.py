@@ -60,3 +60,20 @@ def test_load_vae_from_s3_ours_and_official(tmp_path, s3_bucket):
         expected = model.encode(video).mean
         for uri in (f"{s3_bucket}/ours", f"{s3_bucket}/official"):
             assert torch.equal(load_vae(uri).encode(video).mean, expected), uri
+
+
+def test_train_and_eval_check_their_offline_weights_before_any_work(tmp_path):
+    """v1.2 needs torchvision's LPIPS backbones; without them the command stops at once, naming key and file."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "T2V_HOME": str(tmp_path / "home")}
+    for args, name in ((["train", "--phase", "1"], "vgg16-397923af.pth"), (["eval", "--vae", "x"], "alexnet-owt-7be5be79.pth")):
+        proc = subprocess.run([sys.executable, "-m", "components.vae", *args, "--data", str(tmp_path / "none"),
+                               "--out", str(tmp_path / "out"), "--preset", "v1.2"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"{tmp_path / 'torch' / 'hub' / 'checkpoints' / name}" in proc.stderr
+        assert "lpips_random_backbone=true" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()

@@ -59,6 +59,9 @@ def test_evaluate_writes_metrics_previews_and_manifest(vae_folder, clips, tmp_pa
     protocol = report["protocol"]
     assert protocol["num_frames"] == 9 and protocol["resolution"] == 32 and protocol["latents"] == "posterior mean"
     assert protocol["lpips"] == {"backbone": "alex", "random_backbone": True, "comparable_to_published": False}
+    # The number says what it is worth, next to it: in metrics.json, the result, the manifest and MLflow.
+    assert report["notes"]["lpips"].startswith("random alex backbone (eval.lpips_random_backbone=true)")
+    assert result["notes"] == report["notes"]
     assert set(report["metrics"]) == {"psnr", "ssim", "lpips"} and len(report["per_timestep"]["psnr"]) == 9
     assert report["speed"]["encode_seconds_per_clip"] > 0 and report["speed"]["decode_seconds_per_clip"] > 0
     assert report["speed"]["peak_memory_mb"] > 0
@@ -67,6 +70,7 @@ def test_evaluate_writes_metrics_previews_and_manifest(vae_folder, clips, tmp_pa
                                                                        "reconstruction.mp4"}
     run = tracking.get_run(result["mlflow_run_id"])
     assert run["name"] == "vae-eval" and run["metrics"]["eval/psnr"] == pytest.approx(result["psnr"])
+    assert run["tags"]["note.eval/lpips"] == report["notes"]["lpips"]
     assert {"eval/metrics.json", "eval/reconstruction.png", "eval/reconstruction.mp4"} <= set(
         tracking.list_artifacts(run["run_id"], "eval"))
     again = evaluate_vae(str(vae_folder), str(clips), str(out), overrides=FAST)

@@ -28,10 +28,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from components.core import lease, manifest, storage, tracking
 from components.core.config import config_hash
+from components.core.progress import Progress
 from components.data.annotations import annotations_root, caption_text, resolve_inside
 from components.data.config import FilterConfig, load_data_config
 from components.data.filter.aesthetic import build_scorer
@@ -112,7 +111,7 @@ def measure_all(jobs: list[tuple[int, str, dict, str]], workers: int, timeout_s:
     `timeout`, one whose worker dies (a decoder crash) as `error`; the worker is replaced and the other
     videos go on."""
     results: dict[int, dict[str, Any]] = {}
-    with tqdm(total=len(jobs), desc="filter", unit="video", disable=None) as progress:
+    with Progress("filter", len(jobs), unit="video", log=log) as progress:
         for job, outcome in run_jobs(jobs, workers, job_fn, timeout_s, initializer, start_timeout_s):
             index, uri = job[0], job[1]
             if not isinstance(outcome, Failure):
@@ -126,7 +125,7 @@ def measure_all(jobs: list[tuple[int, str, dict, str]], workers: int, timeout_s:
                 results[index] = {"sha256": None, "reason": "error", "cached": False,
                                   "message": f"{uri}: the worker process died while measuring this video "
                                              f"(exit code {outcome.exit_code}; a decoder crash?)"}
-            progress.update()
+            progress.update(len(results))
     return results
 
 
