@@ -157,6 +157,11 @@ class LoaderConfig(StrictModel):
     shuffle_shards: int = Field(8, ge=1)  # samples are shuffled within groups of this many shards
     remainder: Literal["carry", "drop"] = "carry"  # a bucket's last partial global batch: next epoch first, or left out
     shrink_small_buckets: bool = True  # a bucket smaller than one global batch gets a smaller batch, not starved
+    # How a global batch is split over ranks. "runs": each rank reads a contiguous run of the bucket's
+    # order (fewer shards opened per rank). "global": global batch i is samples [i·G, (i+1)·G) of that
+    # order and rank r takes its r-th slice, so which samples a step trains on does not depend on the
+    # number of ranks (G = batch size × ranks fixed): a run can resume on another world size.
+    rank_layout: Literal["runs", "global"] = "runs"
 
 
 class DataConfig(StrictModel):

@@ -4,7 +4,7 @@ Protocol: the first `num_frames` consecutive frames (4k+1) of each clip, short s
 `resolution` (bilinear, antialiased), centre crop `resolution`²; encode to the posterior MEAN (not a
 sample) and decode, in fp32 by default, and compare in memory (no lossy re-encode between the two:
 reference pitfall §9.10). Clips shorter than `num_frames` are left out and counted. PSNR/SSIM/LPIPS are
-aggregated as the reference does (components.eval.metrics).
+aggregated as the reference does (components.core.metrics).
 
 Speed: encode and decode seconds per clip (CUDA synchronised). Memory: on CUDA the peak of
 `torch.cuda.max_memory_allocated` during encode+decode; on CPU the peak resident set size above the
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from components.core import manifest, runtime, storage, tracking
 from components.core.config import config_hash
-from components.eval.metrics import LPIPSMetric, MetricAggregator, video_metrics
+from components.core.metrics import LPIPSMetric, MetricAggregator, video_metrics
 from components.vae import load_vae
 from components.vae.config import load_vae_config
 from components.vae.train_config import EvalConfig
@@ -307,7 +307,7 @@ def _folder_sha256(uri: str, files: list[str] | None = None) -> str:
 
 def _write_outputs(out: str, report: dict[str, Any], previews: list[tuple[torch.Tensor, torch.Tensor]],
                    run: tracking.Run) -> dict[str, dict[str, Any]]:
-    from components.eval.media import save_reconstruction_grid, save_side_by_side_video
+    from components.core.media import save_reconstruction_grid, save_side_by_side_video
 
     files = {}
     with storage.staging_dir("t2v-vae-eval-") as tmp:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from components.core import manifest, tracking
-from components.eval.metrics import psnr
+from components.core.metrics import psnr
 from components.vae import load_vae
 from components.vae.config import load_vae_config
 from components.vae.evaluate import evaluate_vae, prepare_clip
