@@ -5,6 +5,7 @@ the model is the tiny preset at half width on 9×32×32 clips, so a run takes se
 """
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -86,6 +87,25 @@ def test_rerun_with_same_inputs_does_nothing(phase1):
     again = train_vae(1, str(data), str(out), overrides=FAST)
     assert again["skipped"] and again["mlflow_run_id"] == result["mlflow_run_id"]
     assert (out / "manifest.json").read_bytes() == before
+
+
+def test_settings_that_do_not_change_the_weights_keep_a_phase_finished(phase1):
+    data, out, result = phase1
+    again = train_vae(1, str(data), str(out), overrides=[
+        *FAST, "eval.max_clips=8", "eval.resolution=32", "train.log_every=1", "train.sample_every=1",
+        "train.checkpoint_every=3", "train.keep_checkpoints=5", "data.num_workers=2", "launch.nproc_per_node=4"])
+    assert again["skipped"] and again["mlflow_run_id"] == result["mlflow_run_id"]
+
+
+def test_phase2_refuses_an_init_model_changed_after_phase1(phase1, tmp_path):
+    data, phase1_out, _ = phase1
+    edited = tmp_path / "edited"
+    shutil.copytree(phase1_out, edited)
+    weights = edited / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ValueError, match=r"edited/model/model.safetensors does not match the sha256 in its manifest"):
+        train_vae(2, str(data), str(tmp_path / "p2"), init=str(edited), overrides=FAST)
+    assert not (tmp_path / "p2").exists()
 
 
 def test_phase2_starts_from_phase1_ema_with_fresh_ema_and_optimizers(phase1, tmp_path):
