@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
@@ -33,7 +33,8 @@ def _transient(task_, task_run, state) -> bool:
       cache_policy=NO_CACHE, task_run_name="{name}")
 def run_stage(name: str, run_root: str, preset: str, overrides: list[str] | None, parent_run_id: str | None,
               **options: Any) -> dict[str, Any]:
-    return runner.run_stage(BY_NAME[name], run_root, preset, overrides or [], parent_run_id, **options)
+    return runner.run_stage(BY_NAME[name], run_root, preset, overrides or [], parent_run_id,
+                            logger=get_run_logger(), **options)
 
 
 @flow(name="t2v-synth")

@@ -84,7 +84,9 @@ wait_http "$PREFECT_API_URL/health" prefect-server
   || { echo "demo: 'prefect deploy --all' failed; see $DEMO/logs/deploy.log" >&2; tail -n 30 "$DEMO/logs/deploy.log" >&2; exit 1; }
 start worker "$BIN/prefect" worker start --pool "$POOL"
 
-PARAMS="${DEMO_PARAMS:-{\}}"  # the deployment's defaults need no parameters; DEMO_PARAMS may add some
+# The VAE phases run as two processes (torchrun, gloo on CPU), so the demo exercises distributed
+# training; DEMO_PARAMS replaces these parameters.
+PARAMS="${DEMO_PARAMS:-{\"overrides\": [\"vae.launch.nproc_per_node=2\"]\}}"
 echo "demo: running t2v-full/local (tiny preset, synthetic data, parameters $PARAMS)"
 started=$(date +%s)
 "$BIN/prefect" deployment run t2v-full/local --params "$PARAMS" --watch

@@ -16,9 +16,12 @@ trainer has one code path for 1 and N processes.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import logging
 import os
+import signal
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +74,7 @@ def setup(device: str = "auto", sp_size: int = 1, timeout_s: float = DEFAULT_TIM
     chosen = runtime.select_device(device, local_rank)
     if world_size == 1:
         return Context(0, 1, 0, chosen)
+    die_with_parent()  # an orphaned rank would train on (and write checkpoints) after its job was killed
     if world_size % sp_size:
         raise ValueError(f"sequence-parallel size {sp_size} does not divide the world size {world_size}")
     if chosen.type == "cuda":
@@ -82,6 +86,23 @@ def setup(device: str = "auto", sp_size: int = 1, timeout_s: float = DEFAULT_TIM
 
     mesh = init_device_mesh(chosen.type, (world_size // sp_size, sp_size), mesh_dim_names=("dp", "sp"))
     return Context(rank, world_size, local_rank, chosen, mesh)
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (torchrun's agent, or a flow that started it).
+
+    Ranks talk to each other, not to the agent, once the process group exists: without this, killing a
+    job's launcher leaves its ranks training. Elsewhere than Linux nothing happens.
+    """
+    if sys.platform != "linux":
+        return
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_pid is not None and os.getppid() != parent_pid:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 def teardown() -> None:

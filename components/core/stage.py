@@ -1,7 +1,7 @@
 """What every stage does around its work: resolve and checksum its inputs, skip when already finished,
 and publish its output folder (files first, `manifest.json` last).
 
-    inputs = {"data": stage.input_file(stage.manifest_uri(data))}
+    inputs = {"data": stage.input_file(manifest.manifest_uri(data))}
     done = stage.finished(out, stage_hash, inputs)      # the manifest of a finished run, or None
     ...
     files = stage.upload_folder(local, out)             # {relative name: {uri, sha256, bytes}}
@@ -18,12 +18,6 @@ from typing import Any
 from components.core import manifest, storage
 
 log = logging.getLogger(__name__)
-
-
-def manifest_uri(uri: str | Path) -> str:
-    """A stage's output given as its folder or as its `manifest.json`: the manifest's URI."""
-    uri = str(uri)
-    return uri if uri.endswith(".json") else storage.join(uri, manifest.MANIFEST_FILE)
 
 
 def input_file(uri: str) -> dict[str, str]:

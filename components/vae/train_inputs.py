@@ -38,7 +38,7 @@ def read_init(init: str, phase: int) -> Handoff:
         reason = checkpoint.damage(final)
         if reason is not None:
             raise ValueError(f"--init {init}: its final checkpoint {final} is damaged ({reason}); re-run phase 1")
-        entry = stage.input_file(stage.manifest_uri(init))
+        entry = stage.input_file(manifest.manifest_uri(init))
         return Handoff(
             model_folder=storage.join(init, "model"),
             input_entry=entry,
