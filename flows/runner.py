@@ -79,6 +79,6 @@ def run_stage(
     else:
         stage.load()(out=out, preset=preset, overrides=component_overrides, parent_run_id=parent_run_id, **arguments)
     result = describe(stage, run_root, before, time.monotonic() - started)
-    logger.info("stage %s %s in %.1fs (%d processes): %s", stage.name, result["status"], result["seconds"],
+    logger.info("stage %s %s in %.1fs (processes: %d): %s", stage.name, result["status"], result["seconds"],
                 processes, out)
     return result

@@ -101,7 +101,7 @@ def _setup_and_fit(phase: int, config: VAEConfig, ctx: Context, data_manifest: s
             loop.save()  # step 0: a rollback target even before the first interval
         started, start_step = time.perf_counter(), loop.step
         # Every step reallocates the same tensors: keeping freed memory makes CPU steps ~1.3x faster.
-        with reuse_freed_memory(enabled=ctx.device.type == "cpu"), profiling.PeakMemory(ctx.device) as memory:
+        with reuse_freed_memory(enabled=ctx.device.type == "cpu"), profiling.PeakMemory(ctx.device, interval=0.05) as memory:
             loop.fit()
         seconds = time.perf_counter() - started
         return finish(loop, preset, inputs, handoff, seconds, loop.step - start_step, memory.peak)

@@ -11,7 +11,8 @@
 
 Files are written locally first (a `.partial` folder beside the final one, renamed when complete; a
 temp folder per rank for S3, uploaded before the index), so a crash never leaves a checkpoint that
-looks complete. Only the newest `keep` checkpoints stay. Nothing downstream reads these folders: at
+looks complete. A local output folder must be one that every rank sees (one machine, or a shared file
+system); jobs across machines without one write to S3. Only the newest `keep` checkpoints stay. Nothing downstream reads these folders: at
 the end of a phase rank 0 exports an ordinary model folder.
 """
 
