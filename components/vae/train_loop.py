@@ -1,4 +1,4 @@
-"""The VAE training loop (`fit`) and its state between steps; all of that state is in the checkpoint."""
+"""The VAE training loop (`fit`) and its state between steps (what a resume needs is in the checkpoint)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from components.vae.train_step import Parts, Pending, discriminator_step, fresh_
 
 @dataclass
 class Loop:
-    """The loop's state between steps; all of it is in the checkpoint."""
+    """The loop's state between steps; `save`/`restore` carry what a resume needs (not the logging buffers)."""
 
     phase: int
     config: VAEConfig

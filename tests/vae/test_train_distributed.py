@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.core import manifest
+from components.core import manifest, storage
 from components.core.training import checkpoint
 from tests.vae.standin import write_fake_manifest
 
@@ -36,20 +36,22 @@ OVERRIDES = ["model.hidden_size=8", "data.bucket=9x32x32", "train.discriminator.
              "launch.timeout_s=60"]
 
 
-def _start(data: Path, out: Path, home: Path, log: Path, processes: int, batch: int) -> subprocess.Popen:
+def _start(data: Path, out: Path | str, home: Path, log: Path, processes: int, batch: int,
+           extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "T2V_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
                 if processes > 1 else [sys.executable])
     with open(log, "w") as handle:  # a file, not a pipe: a full pipe would stall the trainer
         return subprocess.Popen([*launcher, "-m", "tests.vae.standin_train", str(data), str(out), *OVERRIDES,
-                                 f"data.batch_size={batch}"], cwd=ROOT, env=env, stdout=handle,
+                                 f"data.batch_size={batch}", *extra], cwd=ROOT, env=env, stdout=handle,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _train(data: Path, out: Path, home: Path, processes: int, batch: int) -> None:
-    log = out.parent / f"{out.name}.log"
-    proc = _start(data, out, home, log, processes, batch)
+def _train(data: Path, out: Path | str, home: Path, processes: int, batch: int, log: Path | None = None,
+           extra: tuple[str, ...] = ()) -> None:
+    log = log or out.parent / f"{out.name}.log"
+    proc = _start(data, out, home, log, processes, batch, extra)
     assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
 
 
@@ -141,3 +143,18 @@ def test_a_killed_rank_fails_the_job_quickly_and_a_rerun_resumes(two_processes, 
         checkpoint.checkpoint_uri(out, CHECKPOINT_EVERY)]
     _assert_close(_final(out), _final(two), atol=0)
     assert (out / "model" / "model.safetensors").read_bytes() == (two / "model" / "model.safetensors").read_bytes()
+
+
+def test_two_processes_checkpoint_and_resume_on_s3(two_processes, s3_bucket, tmp_path):
+    """Each rank uploads its own shards; the index goes last; a resume downloads them again."""
+    data, home, _ = two_processes
+    out, short = f"{s3_bucket}/vae", ("train.phase1.steps=4", "train.checkpoint_every=2")
+    _train(data, out, home, processes=2, batch=1, log=tmp_path / "first.log", extra=short)
+    assert [step for step, _ in checkpoint.list_checkpoints(out)] == [2, 4]  # step 0 pruned: keep 2
+    names = {uri.rsplit("/", 1)[1] for uri in storage.list_files(checkpoint.checkpoint_uri(out, 4))}
+    assert {"__0_0.distcp", "__1_0.distcp", "rank-0.pt", "rank-1.pt", ".metadata", checkpoint.INDEX_FILE} <= names
+    reference = checkpoint.read(checkpoint.checkpoint_uri(out, 4))
+    storage.delete(f"{out}/manifest.json")
+    storage.delete_prefix(checkpoint.checkpoint_uri(out, 4))
+    _train(data, out, home, processes=2, batch=1, log=tmp_path / "resumed.log", extra=short)
+    _assert_close(checkpoint.read(checkpoint.checkpoint_uri(out, 4)), reference, atol=0)
