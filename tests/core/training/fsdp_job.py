@@ -1,6 +1,7 @@
 """`torchrun --nproc-per-node 2 -m tests.core.training.fsdp_job OUT STRATEGY`: a two-block MLP trained
 3 steps with `distributed.wrap(..., STRATEGY)` on each rank's slice of a global batch of 4; rank 0
-checks the weights against one process over the whole batch, then a checkpoint is saved (sharded)."""
+checks the weights against one process over the whole batch; a NaN loss on rank 1 alone makes every rank
+skip the step; then a checkpoint is saved (sharded)."""
 
 import sys
 
@@ -10,6 +11,7 @@ from torch import nn
 from components.core import distributed
 from components.core.training import checkpoint
 from components.core.training.ema import EMA
+from components.core.training.guard import BadStep, apply_update
 
 GLOBAL_BATCH, STEPS = 4, 3
 
@@ -50,6 +52,13 @@ def main() -> None:
         train(alone, distributed.Context(0, 1, 0, torch.device("cpu")), alone_ema, slice(None))
         for name, value in alone_ema.model_state_dict(alone).items():
             assert torch.allclose(weights[name], value, atol=1e-6), name
+    # A non-finite loss on one rank only: every rank skips the step (none may wait in a collective alone).
+    loss = wrapped(torch.ones(1, 6)).sum() * (float("nan") if ctx.rank == 1 else 1.0)
+    try:
+        apply_update(loss, optimizer, wrapped, ctx)
+        raise AssertionError(f"rank {ctx.rank} took a step that rank 1 skipped")
+    except BadStep:
+        pass
     tensors = {"model": checkpoint.ModelState(wrapped), "optimizer": checkpoint.OptimizerState(wrapped, optimizer),
                "ema": ema}
     checkpoint.save(out, STEPS, ctx, tensors, {"step": STEPS}, {"rank": ctx.rank}, keep=1)
