@@ -10,7 +10,6 @@ which rank failed and what it said last.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
 import re
@@ -18,8 +17,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from components.core.distributed import die_with_parent
-
+# torchrun (`python -m torch.distributed.run`) that first asks to die with this process: a flow process that
+# is killed takes its job with it (each rank dies with torchrun in turn: `distributed.setup`). Done in
+# the child itself, not in a `preexec_fn`, which is unsafe in a process with threads (Prefect has some).
+_AGENT = ("import runpy, sys; from components.core.distributed import die_with_parent; "
+          "die_with_parent(int(sys.argv[1])); sys.argv = ['torchrun', *sys.argv[2:]]; "
+          "runpy.run_module('torch.distributed.run', run_name='__main__', alter_sys=True)")
 _RANK_LINE = re.compile(r"^\[default(\d+)\]:(.*)$")
 _ROOT_CAUSE_RANK = re.compile(r"rank\s*:\s*(\d+) \(local_rank: (\d+)\)")
 _EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
@@ -32,14 +35,12 @@ class RankFailed(RuntimeError):
 def torchrun(name: str, nproc: int, module_args: Sequence[str], log: logging.Logger | logging.LoggerAdapter,
              tail_lines: int = 20) -> None:
     """Run `python -m <module_args>` on `nproc` local processes; every output line goes to `log`."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    command = [sys.executable, "-c", _AGENT, str(os.getpid()), "--standalone", f"--nproc-per-node={nproc}",
                "--redirects", "3", "--tee", "3", "-m", *module_args]
-    log.info("stage %s: %s", name, " ".join(command))
+    log.info("stage %s: torchrun %s", name, " ".join(command[4:]))
     per_rank: dict[int, collections.deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=tail_lines))
     launcher: list[str] = []  # torchrun's own lines (the failure summary)
-    # die_with_parent: a flow process that is killed takes its torchrun job (and so every rank) with it.
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                          preexec_fn=functools.partial(die_with_parent, os.getpid())) as proc:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
