@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from components.core import manifest, storage, tracking
+from flows import launch
 from flows.stages import Stage, split_overrides, stage_dir
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,29 @@ def run_stage(
     preset: str = "tiny",
     overrides: Sequence[str] = (),
     parent_run_id: str | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Call the stage's component function on `run_root/<stage>` and describe the result."""
+    """Call the stage's component function on `run_root/<stage>` and describe the result.
+
+    When the stage's preset asks for several processes, the same call runs as a torchrun job whose
+    output goes to `logger` (the flow run's logger under Prefect).
+    """
+    logger = logger or log
     unknown = set(options) - set(stage.options)
     assert not unknown, f"stage {stage.name} takes no option {sorted(unknown)}"
     out = stage_dir(run_root, stage.name)
     before = read_manifest(out)
     arguments = {**stage.extra, **stage.arguments(run_root, **options)}
+    component_overrides = split_overrides(overrides)[stage.component]
     started = time.monotonic()
-    stage.load()(out=out, preset=preset, overrides=split_overrides(overrides)[stage.component],
-                 parent_run_id=parent_run_id, **arguments)
+    processes = stage.processes(preset, component_overrides)
+    if processes > 1:
+        command = stage.command(preset, component_overrides, parent_run_id, out=out, **arguments)
+        launch.torchrun(stage.name, processes, command, logger)
+    else:
+        stage.load()(out=out, preset=preset, overrides=component_overrides, parent_run_id=parent_run_id, **arguments)
     result = describe(stage, run_root, before, time.monotonic() - started)
-    log.info("stage %s %s in %.1fs: %s", stage.name, result["status"], result["seconds"], out)
+    logger.info("stage %s %s in %.1fs (processes: %d): %s", stage.name, result["status"], result["seconds"],
+                processes, out)
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
@@ -35,7 +35,8 @@ def _transient(task_, task_run, state) -> bool:
 def run_stage(name: str, run_root: str, preset: str, overrides: list[str] | None, parent_run_id: str | None,
               **options: Any) -> dict[str, Any]:
     forward_component_logs()  # progress and other component logs into this flow run's logs
-    return runner.run_stage(BY_NAME[name], run_root, preset, overrides or [], parent_run_id, **options)
+    return runner.run_stage(BY_NAME[name], run_root, preset, overrides or [], parent_run_id,
+                            logger=get_run_logger(), **options)
 
 
 @flow(name="t2v-synth")

@@ -32,10 +32,34 @@ class Stage:
     options: tuple[str, ...] = ()  # pipeline options (parameters of the stage flow) this stage takes
     outputs: tuple[str, ...] = ()  # key files, relative to the stage folder, reported as URIs
     extra: dict[str, Any] = field(default_factory=dict)  # constant keyword arguments (e.g. a VAE phase)
+    # Stages that can run as several processes: the `python -m` command line of the same function, and
+    # the component's config loader, whose `launch.nproc_per_node` says how many processes to start.
+    cli: tuple[str, ...] = ()
+    config: str | None = None
 
     def load(self) -> Callable[..., dict[str, Any]]:
-        module, _, attribute = self.function.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return _attribute(self.function)
+
+    def processes(self, preset: str, overrides: Sequence[str]) -> int:
+        """How many processes the stage's preset (with the component's overrides) asks for."""
+        if self.config is None:
+            return 1
+        return int(_attribute(self.config)(preset, overrides).launch.nproc_per_node)
+
+    def command(self, preset: str, overrides: Sequence[str], parent_run_id: str | None, **arguments: Any) -> list[str]:
+        """The stage as a command line (`-m` module and arguments): each keyword argument as `--name value`."""
+        args = [*self.cli, "--preset", str(preset)]
+        for name, value in arguments.items():
+            if value is not None:
+                args += [f"--{name.replace('_', '-')}", str(value)]
+        for override in overrides:
+            args += ["--set", override]
+        return args + (["--parent-run-id", parent_run_id] if parent_run_id else [])
+
+
+def _attribute(reference: str) -> Any:
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def stage_dir(run_root: str, name: str) -> str:
@@ -72,6 +96,8 @@ def _vae_eval(run_root: str) -> dict[str, Any]:
             "data": storage.join(stage_dir(run_root, "filter"), "kept.json")}
 
 
+_VAE_TRAIN = {"cli": ("components.vae", "train"), "config": "components.vae.config:load_vae_config"}
+
 STAGES: tuple[Stage, ...] = (
     Stage("synth", "data", "components.data.synth:synthesize", _synth, options=("num", "seed", "kind"),
           outputs=("annotations.json",)),
@@ -79,9 +105,9 @@ STAGES: tuple[Stage, ...] = (
           outputs=("kept.json", "report.md")),
     Stage("shard", "data", "components.data.shard:shard", _shard, outputs=("index.json",)),
     Stage("vae-phase1", "vae", "components.vae.train:train_vae", _vae_phase1, extra={"phase": 1},
-          outputs=("model/model.safetensors",)),
+          outputs=("model/model.safetensors",), **_VAE_TRAIN),
     Stage("vae-phase2", "vae", "components.vae.train:train_vae", _vae_phase2, extra={"phase": 2},
-          outputs=("model/model.safetensors",)),
+          outputs=("model/model.safetensors",), **_VAE_TRAIN),
     Stage("vae-eval", "vae", "components.vae.evaluate:evaluate_vae", _vae_eval, outputs=("metrics.json",)),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -94,7 +94,9 @@ else
 fi
 SERVERS_UP=1  # from here on they stay up whatever the pipeline does: a failed run is worth a look too
 
-PARAMS="${DEMO_PARAMS:-{\}}"  # the deployment's defaults need no parameters; DEMO_PARAMS may add some
+# The VAE phases run as two processes (torchrun, gloo on CPU), so the demo exercises distributed
+# training; DEMO_PARAMS replaces these parameters.
+PARAMS="${DEMO_PARAMS:-{\"overrides\": [\"vae.launch.nproc_per_node=2\"]\}}"
 echo "demo: running t2v-full/local (tiny preset, synthetic data, parameters $PARAMS)"
 started=$(date +%s)
 status=0

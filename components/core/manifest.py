@@ -75,11 +75,15 @@ def write_manifest(out: str | Path, manifest: dict[str, Any]) -> str:
     return uri
 
 
+def manifest_uri(out_or_uri: str | Path) -> str:
+    """A stage's output given as its folder or as its manifest: the manifest's URI."""
+    uri = str(out_or_uri)
+    return uri if uri.endswith(".json") else storage.join(uri, MANIFEST_FILE)
+
+
 def read_manifest(out_or_uri: str | Path) -> dict[str, Any] | None:
     """The manifest of an output folder (or at a manifest URI), or None when the stage has not finished."""
-    uri = str(out_or_uri)
-    if not uri.endswith(".json"):
-        uri = storage.join(out_or_uri, MANIFEST_FILE)
+    uri = manifest_uri(out_or_uri)
     return storage.read_json(uri) if storage.exists(uri) else None
 
 

@@ -1,10 +1,9 @@
-"""Where and how computation runs: device choice, autocast dtype, seeding, torchrun environment."""
+"""Where and how computation runs: device choice, autocast, seeding (processes: `distributed.py`)."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import random
-from dataclasses import dataclass
 
 import torch
 
@@ -49,6 +48,11 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return None if device.type == "cpu" else torch.bfloat16
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """`torch.autocast` to `dtype` on `device`, or nothing when `dtype` is None (full fp32)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def seed_everything(seed: int, rank: int = 0) -> int:
     """Seed python, numpy and torch with `seed + rank`, so data-parallel ranks draw different noise.
 
@@ -61,37 +65,3 @@ def seed_everything(seed: int, rank: int = 0) -> int:
     np.random.seed(effective % 2**32)
     torch.manual_seed(effective)
     return effective
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_env() -> DistEnv:
-    """The process's place in a torchrun job (a single process when not launched by torchrun)."""
-    return DistEnv(
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def init_distributed(device: torch.device) -> DistEnv:
-    """Initialise the default process group when running under torchrun (gloo on cpu, nccl, hccl)."""
-    env = dist_env()
-    if env.world_size > 1 and not torch.distributed.is_initialized():
-        backend = {"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo")
-        torch.distributed.init_process_group(backend=backend)
-    return env
-
-
-def destroy_distributed() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()

@@ -166,6 +166,11 @@ class LoaderConfig(StrictModel):
     # Check each shard's sha256 against the manifest as it streams (its samples are used only after); the
     # cost is measured in bench/loader_checksum.py. Off only to measure that cost.
     verify_shards: bool = True
+    # How a global batch is split over ranks. "runs": each rank reads a contiguous run of the bucket's
+    # order (fewer shards opened per rank). "global": global batch i is samples [i·G, (i+1)·G) of that
+    # order and rank r takes its r-th slice, so which samples a step trains on does not depend on the
+    # number of ranks (G = batch size × ranks fixed): a run can resume on another world size.
+    rank_layout: Literal["runs", "global"] = "runs"
 
 
 class DataConfig(StrictModel):

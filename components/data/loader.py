@@ -104,7 +104,7 @@ class BucketLoader:
             raise ValueError(f"no bucket of {self.manifest_uri} passes the loader's bucket filter")
         self.shard_offsets = np.concatenate([[0], np.cumsum(shard_sizes)]).astype(np.int64)
         self.schedule = Schedule(layouts, self.world_size, self.config.seed, self.config.shuffle_shards,
-                                 self.config.remainder)
+                                 self.config.remainder, self.config.rank_layout)
         for layout in layouts:
             if layout.num_samples < layout.batch_size * self.world_size:
                 log.warning("bucket %s: %d samples < one global batch (%d x %d ranks): never served",

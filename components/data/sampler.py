@@ -45,6 +45,7 @@ class EpochPlan:
     sequences: list[np.ndarray]  # per bucket: sample ids in serving order; the tail past the served part is left over
     step_bucket: np.ndarray  # (S,) bucket of each global step
     step_batch: np.ndarray  # (S,) index of that step's global batch within its bucket
+    rank_layout: str = "runs"  # see LoaderConfig.rank_layout
 
     def __len__(self) -> int:
         return len(self.step_bucket)
@@ -57,13 +58,14 @@ class EpochPlan:
         """The sample ids of `rank` at global `step`.
 
         Global batch 0 of a bucket is laid out batch-major (it holds the samples carried over from the last
-        epoch); the others rank-major, so each rank reads a contiguous run of the bucket's order.
+        epoch); the others rank-major, so each rank reads a contiguous run of the bucket's order, unless
+        the layout is "global" (every batch batch-major: the same global batches for any world size).
         """
         bucket, index = int(self.step_bucket[step]), int(self.step_batch[step])
         size, count = int(self.batch_sizes[bucket]), int(self.num_batches[bucket])
         sequence = self.sequences[bucket]
-        if index == 0:
-            start = rank * size
+        if index == 0 or self.rank_layout == "global":
+            start = (index * self.world_size + rank) * size
         else:
             start = size * self.world_size + rank * (count - 1) * size + (index - 1) * size
         return sequence[start : start + size]
@@ -76,6 +78,7 @@ class Schedule:
     seed: int
     shuffle_shards: int = 8
     remainder: str = "carry"  # or "drop"
+    rank_layout: str = "runs"  # or "global"
     _carry: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,7 +144,8 @@ class Schedule:
         first_step = np.concatenate([[0], np.cumsum(num_batches)[:-1]])
         step_batch = np.empty(len(step_bucket), np.int64)
         step_batch[by_bucket] = np.arange(len(step_bucket)) - np.repeat(first_step, num_batches)
-        return EpochPlan(epoch, self.world_size, batch_sizes, num_batches, sequences, step_bucket, step_batch)
+        return EpochPlan(epoch, self.world_size, batch_sizes, num_batches, sequences, step_bucket, step_batch,
+                         self.rank_layout)
 
 
 def latent_tokens(frames: int, height: int, width: int, vae_stride: tuple[int, int, int],

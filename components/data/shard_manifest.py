@@ -18,8 +18,8 @@ import jsonschema
 import webdataset
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from components.core import manifest as core_manifest
 from components.core import storage
+from components.core.manifest import manifest_uri  # "folder or manifest.json", for the loader and verify
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
 
@@ -27,11 +27,6 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
 @functools.cache
 def manifest_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text())
-
-
-def manifest_uri(manifest_or_folder: str | Path) -> str:
-    uri = str(manifest_or_folder)
-    return uri if uri.endswith(".json") else storage.join(uri, core_manifest.MANIFEST_FILE)
 
 
 def read_shard_manifest(manifest_or_folder: str | Path) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from components.core import checkpoints, storage
+from components.core import model_folder, storage
 
 # Files worth fetching from a remote folder: our weights, or an official checkpoint.
-_FOLDER_FILES = {checkpoints.CONFIG_FILE, checkpoints.WEIGHTS_FILE, "checkpoint.ckpt", "checkpoint.safetensors",
+_FOLDER_FILES = {model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE, "checkpoint.ckpt", "checkpoint.safetensors",
                  "diffusion_pytorch_model.safetensors"}
 
 
@@ -36,9 +36,9 @@ def load_vae(path_or_uri: str | Path, weights: Literal["ema", "model"] = "ema"):
 def _load_local(folder: Path, weights: Literal["ema", "model"]):
     from components.vae import official
 
-    config_path = folder / checkpoints.CONFIG_FILE
+    config_path = folder / model_folder.CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"{folder}: not a VAE folder (no {checkpoints.CONFIG_FILE})")
+        raise FileNotFoundError(f"{folder}: not a VAE folder (no {model_folder.CONFIG_FILE})")
     if official.is_our_format(storage.read_json(config_path)):
         return official.load_ours(folder)
     return official.load_official(folder, weights)

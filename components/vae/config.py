@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from components.core.config import StrictModel, load_config
-from components.vae.train_config import DataConfig, EvalConfig, TrainConfig
+from components.vae.train_config import DataConfig, EvalConfig, LaunchConfig, TrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -132,6 +132,7 @@ class VAEConfig(StrictModel):
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
     init: TailInitConfig = TailInitConfig()
+    launch: LaunchConfig = LaunchConfig()
 
 
 def load_vae_config(preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> VAEConfig:

@@ -4,7 +4,7 @@ Protocol: the first `num_frames` consecutive frames (4k+1) of each clip, short s
 `resolution` (bilinear, antialiased), centre crop `resolution`²; encode to the posterior MEAN (not a
 sample) and decode, in fp32 by default, and compare in memory (no lossy re-encode between the two:
 reference pitfall §9.10). Clips shorter than `num_frames` are left out and counted. PSNR/SSIM/LPIPS are
-aggregated as the reference does (components.eval.metrics).
+aggregated as the reference does (components.core.metrics).
 
 Speed: encode and decode seconds per clip (CUDA synchronised). Memory: on CUDA the peak of
 `torch.cuda.max_memory_allocated` during encode+decode; on CPU the peak resident set size above the
@@ -18,13 +18,8 @@ the output of `t2v data synth --kind photos`).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.core import checkpoints, lease, manifest, runtime, storage, tracking
+from components.core import lease, manifest, media, model_folder, profiling, runtime, stage, storage, tracking
 from components.core.config import config_hash
+from components.core.metrics import LPIPSMetric, MetricAggregator, video_metrics
 from components.core.progress import Progress
-from components.eval.metrics import LPIPSMetric, MetricAggregator, video_metrics
 from components.vae import load_vae
 from components.vae.config import load_vae_config
 from components.vae.train_config import EvalConfig
@@ -59,16 +54,15 @@ def _evaluate_stage(vae: str, data: str, out: str, preset: str, config: EvalConf
                     held: lease.Lease) -> dict[str, Any]:
     source = _DataSource(data)
     # Never evaluate an unfinished or edited upstream output (a training run killed mid-save, a changed file).
-    for uri in [storage.join(vae, name) for name in (checkpoints.CONFIG_FILE, checkpoints.WEIGHTS_FILE)]:
+    for uri in [storage.join(vae, name) for name in (model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE)]:
         if storage.exists(uri):
             manifest.require_finished(uri)
     if source.kind == "annotations":
         manifest.require_finished(source.index_uri)
-    inputs = {"vae": {"uri": str(vae), "sha256": _folder_sha256(vae)}, "data": source.input_entry}
+    inputs = {"vae": {"uri": str(vae), "sha256": stage.folder_sha256(vae)}, "data": source.input_entry}
     eval_hash = config_hash(config)
-    finished = manifest.is_complete(out, eval_hash, inputs)
+    finished = stage.finished(out, eval_hash, inputs)
     if finished:
-        log.info("%s is already finished with these inputs and configuration: nothing to do", out)
         return {**finished["metrics"], "out": str(out), "mlflow_run_id": finished["mlflow_run_id"], "skipped": True}
 
     device = runtime.select_device(config.device)
@@ -95,7 +89,7 @@ def _evaluate_stage(vae: str, data: str, out: str, preset: str, config: EvalConf
                                           config_hash=eval_hash, inputs=inputs, files=files,
                                           mlflow_run_id=run.run_id, metrics=_summary(report))
         held.check()
-        manifest.write_manifest(out, written)
+        stage.publish(out, written)
     return {**_summary(report), "out": str(out), "mlflow_run_id": run.run_id, "skipped": False}
 
 
@@ -127,12 +121,12 @@ def _evaluate(model, lpips_metric: LPIPSMetric, source: _DataSource, config: Eva
     def flush() -> None:
         video = torch.stack(batch).to(device)  # (B, 3, T, S, S) in [-1, 1]
         batch.clear()
-        with _PeakMemory(device) as memory, torch.no_grad(), _autocast(device, amp_dtype):
-            started = _now(device)
+        with profiling.PeakMemory(device) as memory, torch.no_grad(), runtime.autocast(device, amp_dtype):
+            started = profiling.now(device)
             latents = model.encode(video).mode()  # (B, C, t, h, w): the posterior mean
-            encoded = _now(device)
+            encoded = profiling.now(device)
             recon = model.decode(latents).float().clamp(-1, 1)  # (B, 3, T, S, S)
-            decoded = _now(device)
+            decoded = profiling.now(device)
         per_clip = video.shape[0]
         encode_seconds.append((encoded - started) / per_clip)
         decode_seconds.append((decoded - encoded) / per_clip)
@@ -187,59 +181,6 @@ def prepare_clip(video: torch.Tensor, num_frames: int, resolution: int) -> torch
     return frames.clamp(-1, 1).transpose(0, 1).contiguous()  # (3, T, S, S)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-class _PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or sampled RSS above the start level on CPU."""
-
-    def __init__(self, device: torch.device, interval: float = 0.002):
-        self.device, self.interval = device, interval
-        self.peak: int | None = None
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _rss() -> int | None:
-        try:
-            with open("/proc/self/statm") as handle:
-                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            return None
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval):
-            rss = self._rss()
-            if rss is not None:
-                self._highest = max(self._highest, rss)
-
-    def __enter__(self) -> _PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._start = self._rss()
-            if self._start is not None:
-                self._highest = self._start
-                self._thread = threading.Thread(target=self._poll, daemon=True)
-                self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif self._start is not None:
-            self._stop.set()
-            self._thread.join()
-            self._highest = max(self._highest, self._rss() or 0)
-            self.peak = self._highest - self._start
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -248,7 +189,8 @@ class _DataSource:
 
     def __init__(self, uri: str):
         self.uri = str(uri)
-        shard_manifest = self.uri if self.uri.endswith("manifest.json") else storage.join(self.uri, "manifest.json")
+        # An annotations .json is not a manifest: only a folder or a `manifest.json` can be a shard set.
+        shard_manifest = self.uri if self.uri.endswith(manifest.MANIFEST_FILE) else storage.join(self.uri, manifest.MANIFEST_FILE)
         annotations = self.uri if self.uri.endswith(".json") else storage.join(self.uri, "annotations.json")
         if storage.exists(shard_manifest) and storage.read_json(shard_manifest).get("stage") == "shard":
             self.kind, self.index_uri = "shards", shard_manifest
@@ -263,14 +205,14 @@ class _DataSource:
             self.videos = [uri for uri in storage.list_files(self.uri) if uri.lower().endswith(VIDEO_SUFFIXES)]
             if not self.videos:
                 raise ValueError(f"--data {self.uri}: no shard manifest, annotations.json or video files")
-            self.input_entry = {"uri": self.uri, "sha256": _folder_sha256(self.uri, self.videos)}
+            self.input_entry = {"uri": self.uri, "sha256": stage.folder_sha256(self.uri, self.videos)}
 
     def clips(self) -> Iterator[torch.Tensor]:
         if self.kind == "shards":
             yield from self._shard_clips()
             return
         for uri in self._video_uris():
-            yield _read_video(uri)
+            yield media.read_video(uri)
 
     def _video_uris(self) -> list[str]:
         if self.kind == "folder":
@@ -298,56 +240,19 @@ class _DataSource:
             yield from batch["video"]  # (3, T, H, W) each
 
 
-def _read_video(uri: str) -> torch.Tensor:
-    """All frames of a video file as (3, T, H, W) in [-1, 1] (OpenCV; S3 files are fetched first)."""
-    import cv2
-
-    with contextlib.ExitStack() as stack:
-        path = storage.local_dir(uri)
-        if path is None:
-            tmp = stack.enter_context(storage.staging_dir("t2v-vae-eval-"))
-            path = storage.get_file(uri, Path(tmp) / Path(uri).name)
-        capture = cv2.VideoCapture(str(path))
-        frames = []
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        capture.release()
-    if not frames:
-        raise ValueError(f"{uri}: no frames could be decoded")
-    video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2)  # (3, T, H, W) uint8
-    return video.float().div(127.5).sub(1.0)
-
-
-def _folder_sha256(uri: str, files: list[str] | None = None) -> str:
-    """One checksum over a folder's files (names and contents)."""
-    files = storage.list_files(uri) if files is None else files
-    if not files:
-        raise FileNotFoundError(f"{uri}: no files")
-    parts = [f"{storage.relative_to(f, str(uri))}:{storage.sha256_bytes(storage.read_bytes(f))};" for f in files]
-    return hashlib.sha256("".join(parts).encode()).hexdigest()
-
-
 # --------------------------------------------------------------------------- outputs
 
 
 def _write_outputs(out: str, report: dict[str, Any], previews: list[tuple[torch.Tensor, torch.Tensor]],
                    run: tracking.Run) -> dict[str, dict[str, Any]]:
-    from components.eval.media import save_reconstruction_grid, save_side_by_side_video
-
-    files = {}
     with storage.staging_dir("t2v-vae-eval-") as tmp:
         local = Path(tmp)
         (local / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         if previews:
             original = torch.cat([p[0] for p in previews])  # (N, 3, T, S, S)
             recon = torch.cat([p[1] for p in previews])  # (N, 3, T, S, S)
-            save_reconstruction_grid(original, recon, local / "reconstruction.png")
-            save_side_by_side_video(original, recon, local / "reconstruction.mp4")
-        for path in sorted(local.iterdir()):
-            uri = storage.join(out, path.name)
-            files[path.name] = manifest.file_entry(uri, storage.put_file(path, uri), path.stat().st_size)
+            media.save_reconstruction_grid(original, recon, local / "reconstruction.png")
+            media.save_side_by_side_video(original, recon, local / "reconstruction.mp4")
+        files = stage.upload_folder(local, out)
         run.log_artifact(local, "eval")
     return files

@@ -6,12 +6,13 @@ out: with `learn_logvar=False` and logvar 0 it is the identity (nll = rec).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from components.eval.metrics import build_lpips
+from components.core.metrics import build_lpips
 from components.vae.train_config import LossConfig
 
 
@@ -20,10 +21,15 @@ class Posterior(Protocol):
 
 
 def adaptive_gan_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                        max_weight: float) -> torch.Tensor:
-    """‖∇_last nll‖ / (‖∇_last g‖ + 1e-4), clamped to [0, max] and detached (§1.9; VQGAN's balancing)."""
+                        max_weight: float, average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """‖∇_last nll‖ / (‖∇_last g‖ + 1e-4), clamped to [0, max] and detached (§1.9; VQGAN's balancing).
+
+    `average` averages a gradient over the data-parallel ranks, so the weight is the global batch's.
+    """
     nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if average is not None:
+        nll_grad, g_grad = average(nll_grad), average(g_grad)
     weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()
 
@@ -33,9 +39,11 @@ def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tenso
 
 
 class VAELoss(torch.nn.Module):
-    def __init__(self, config: LossConfig, lpips_seed: int = 0):
+    def __init__(self, config: LossConfig, lpips_seed: int = 0,
+                 average: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
         self.config = config
+        self.average = average  # over data-parallel ranks, for the adaptive GAN weight
         self.perceptual = (build_lpips(config.lpips_backbone, config.lpips_random_backbone, spatial=False,
                                        seed=lpips_seed) if config.perceptual_weight > 0 else None)
 
@@ -62,7 +70,7 @@ class VAELoss(torch.nn.Module):
         if use_gan:
             g_loss = -discriminator(recon).mean()
             d_weight = self.config.disc_weight * adaptive_gan_weight(
-                terms["nll"], g_loss, last_layer, self.config.adaptive_weight_max)
+                terms["nll"], g_loss, last_layer, self.config.adaptive_weight_max, self.average)
             total = total + d_weight * self.config.disc_factor * g_loss
             terms["g"], terms["d_weight"] = g_loss, d_weight
         terms["gen"] = total

@@ -3,7 +3,7 @@
 Official folder (reference notes §8.1): `config.json` with the reference's `__init__` argument names
 (§1.1) and `checkpoint.ckpt` (a `torch.save` dict) or a safetensors file holding the same keys.
 Our folder: `config.json` = {"format": "t2v-causal-vae", "model": VAEModelConfig dump} plus
-`model.safetensors`, written and read through `components.core.checkpoints`.
+`model.safetensors`, written and read through `components.core.model_folder`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors_file
 
-from components.core import checkpoints, storage
+from components.core import model_folder, storage
 from components.vae.config import VAEModelConfig
 from components.vae.model import CausalVAE
 
@@ -144,7 +144,7 @@ def is_our_format(raw_config: dict[str, Any]) -> bool:
 def load_official(folder: str | Path, weights: Literal["ema", "model"] = "ema") -> CausalVAE:
     """Build and load a CausalVAE from a local official Open-Sora Plan v1.2 VAE folder."""
     folder = Path(folder)
-    config_path = folder / checkpoints.CONFIG_FILE
+    config_path = folder / model_folder.CONFIG_FILE
     config = official_to_config(storage.read_json(config_path), source=str(config_path))
     weights_path = official_weights_file(folder)
     if weights_path.suffix == ".safetensors":
@@ -166,12 +166,12 @@ def load_official(folder: str | Path, weights: Literal["ema", "model"] = "ema") 
 def save_vae(folder: str | Path, model: CausalVAE) -> dict[str, str]:
     """Write our model folder (`config.json` last); returns the sha256 of each file."""
     config = {"format": FORMAT, "model": model.config.model_dump(mode="json")}
-    return checkpoints.save_model_folder(folder, model.state_dict(), config)
+    return model_folder.save_model_folder(folder, model.state_dict(), config)
 
 
 def load_ours(folder: str | Path, expected: dict[str, str] | None = None) -> CausalVAE:
-    raw, state = checkpoints.load_model_folder(folder, expected)
-    source = storage.join(folder, checkpoints.CONFIG_FILE)
+    raw, state = model_folder.load_model_folder(folder, expected)
+    source = storage.join(folder, model_folder.CONFIG_FILE)
     if raw.get("format") != FORMAT:
         raise ValueError(f"{source}: field 'format' must be {FORMAT!r}, got {raw.get('format')!r}")
     unknown = sorted(set(raw) - {"format", "model"})
@@ -183,5 +183,5 @@ def load_ours(folder: str | Path, expected: dict[str, str] | None = None) -> Cau
         error = exc.errors()[0]
         field = ".".join(["model", *(str(part) for part in error["loc"])])
         raise ValueError(f"{source}: field '{field}' is invalid: {error['msg']}") from None
-    return build_with_weights(config, state, storage.join(folder, checkpoints.WEIGHTS_FILE))
+    return build_with_weights(config, state, storage.join(folder, model_folder.WEIGHTS_FILE))
 

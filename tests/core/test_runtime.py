@@ -18,10 +18,3 @@ def test_seeding_differs_per_rank_and_repeats():
     b = torch.rand(4)
     runtime.seed_everything(3, rank=0)
     assert torch.equal(a, torch.rand(4)) and not torch.equal(a, b)
-
-
-def test_single_process_dist_env(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    env = runtime.init_distributed(torch.device("cpu"))
-    assert env == runtime.DistEnv(0, 1, 0) and env.is_main

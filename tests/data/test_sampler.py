@@ -100,3 +100,19 @@ def test_batch_size_from_token_budget():
     assert batch_size_for(Bucket(9, 64, 64), config) == 512 // (3 * 16)
     assert batch_size_for(Bucket(1, 64, 64), config) == 16  # capped
     assert batch_size_for(Bucket(17, 64, 64), config) == 3  # override
+
+
+def test_global_layout_serves_the_same_global_batches_for_any_world_size():
+    """rank_layout "global": step s of 2 ranks × batch 2 is step s of 1 rank × batch 4, split in rank order."""
+    shards = np.array([5, 7, 4, 6], np.int64)
+
+    def plan(world_size: int, batch_size: int):
+        return Schedule([BucketLayout("b", shards, 0, batch_size)], world_size, seed=3, shuffle_shards=2,
+                        rank_layout="global").epoch(1)
+
+    one, two = plan(1, 4), plan(2, 2)
+    assert len(one) == len(two) == 5
+    for step in range(len(one)):
+        assert np.array_equal(one.batch(step, 0), np.concatenate([two.batch(step, 0), two.batch(step, 1)]))
+    runs = Schedule([BucketLayout("b", shards, 0, 2)], 2, seed=3, shuffle_shards=2).epoch(1)
+    assert not np.array_equal(runs.batch(1, 1), two.batch(1, 1))  # the default keeps per-rank runs

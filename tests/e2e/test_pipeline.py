@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 from components.core import manifest, storage, tracking
-from components.vae.trainer_state import checkpoint_uri
+from components.core.training.checkpoint import INDEX_FILE, checkpoint_uri, list_checkpoints
 from flows.stages import chain
 from tests.e2e.conftest import REPO, Stack
 from tests.killing import kill_when_file_appears
@@ -164,14 +164,14 @@ def test_killed_during_vae_training_resumes_to_the_same_weights(first_run, stack
             [sys.executable, "-m", "flows", "run", "--run-root", run_root, "--num", str(PARAMETERS["num"]),
              "--seed", str(PARAMETERS["seed"]), *sets],
             cwd=REPO, env=stack.env, stdout=handle, stderr=subprocess.STDOUT)
-    kill_when_file_appears(proc, lambda: storage.exists(checkpoint_uri(phase1, 2)), timeout=600, log=log,
+    kill_when_file_appears(proc, lambda: storage.exists(f"{checkpoint_uri(phase1, 2)}/{INDEX_FILE}"), timeout=600, log=log,
                            poll_seconds=0.02)  # each poll is also an HTTP HEAD of a few ms
     assert proc.returncode == -9, log.read_text()[-4000:]
-    found = [storage.relative_to(uri, phase1) for uri in storage.list_files(f"{phase1}/checkpoints")]
-    assert "checkpoints/step-4.pt" not in found, (
+    found = [step for step, _ in list_checkpoints(phase1)]
+    assert 4 not in found, (
         f"the kill landed after the final checkpoint ({found}): it must fall between steps 2 and 4")
     assert manifest.read_manifest(phase1) is None
-    assert found == ["checkpoints/step-0.pt", "checkpoints/step-2.pt"]
+    assert found == [0, 2]
 
     # Started again on the worker, each stage a flow run of its own deployment (t2v-<stage>/local):
     # the data stages skip, phase 1 resumes from its checkpoint (and its interrupted MLflow run).

@@ -12,9 +12,14 @@ import torch
 
 
 class StandInLoader:
-    def __init__(self, manifest_uri: str, bucket: str, batch_size: int, seed: int, **_: object):
+    """Global batch i holds clips [i·G, (i+1)·G) with G = batch size × ranks; a rank yields its slice, so
+    the clips of a step do not depend on the number of ranks (as the real loader's "global" layout)."""
+
+    def __init__(self, manifest_uri: str, bucket: str, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
         self.frames, self.height, self.width = (int(v) for v in bucket.split("x"))
         self.batch_size, self.seed, self.position = batch_size, seed, 0
+        self.rank, self.world_size, self.manifest_uri = rank, world_size, manifest_uri
 
     def clip(self, index: int) -> torch.Tensor:
         """A smooth moving pattern (3, T, H, W) in [-1, 1], different per index."""
@@ -27,7 +32,7 @@ class StandInLoader:
 
     def __iter__(self):
         while True:
-            start = self.position * self.batch_size
+            start = (self.position * self.world_size + self.rank) * self.batch_size
             video = torch.stack([self.clip(start + i) for i in range(self.batch_size)])  # (B, 3, T, H, W)
             self.position += 1
             yield {"video": video, "caption": ["a clip"] * self.batch_size,
@@ -40,8 +45,8 @@ class StandInLoader:
         self.position = int(state["position"])
 
 
-def open_standin(data_manifest, config, seed):
-    return StandInLoader(data_manifest, config.data.bucket, config.data.batch_size, seed)
+def open_standin(data_manifest, config, seed, ctx):
+    return StandInLoader(data_manifest, config.data.bucket, config.data.batch_size, seed, ctx.dp_rank, ctx.dp_size)
 
 
 def patch_loader(monkeypatch=None) -> None:
@@ -49,9 +54,9 @@ def patch_loader(monkeypatch=None) -> None:
     import components.vae.train as train
 
     if monkeypatch is None:
-        train._open_loader = open_standin
+        train.open_loader = open_standin
     else:
-        monkeypatch.setattr(train, "_open_loader", open_standin)
+        monkeypatch.setattr(train, "open_loader", open_standin)
 
 
 def write_fake_manifest(folder: Path, name: str = "shards") -> Path:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from components.core import manifest, tracking
-from components.eval.metrics import psnr
+from components.core.metrics import psnr
 from components.vae import load_vae
 from components.vae.config import load_vae_config
 from components.vae.evaluate import evaluate_vae, prepare_clip
@@ -79,9 +79,9 @@ def test_evaluate_writes_metrics_previews_and_manifest(vae_folder, clips, tmp_pa
 
 def test_evaluate_uses_the_posterior_mean(vae_folder, clips, tmp_path):
     result = evaluate_vae(str(vae_folder), str(clips), str(tmp_path / "a"), overrides=[*FAST, "eval.max_clips=1"])
-    from components.vae.evaluate import _read_video
+    from components.core.media import read_video
 
-    video = prepare_clip(_read_video(str(clips.parent / "videos" / "wide.mp4")), 9, 32)[None]
+    video = prepare_clip(read_video(str(clips.parent / "videos" / "wide.mp4")), 9, 32)[None]
     model = load_vae(vae_folder)
     with torch.no_grad():
         recon = model.decode(model.encode(video).mode()).clamp(-1, 1)

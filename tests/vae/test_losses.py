@@ -1,10 +1,9 @@
-"""VAE loss terms, the adaptive GAN weight, the 3D discriminator and the EMA (reference notes §1.9-1.10)."""
+"""VAE loss terms, the adaptive GAN weight, the 3D discriminator (reference notes §1.9-1.10)."""
 
 import pytest
 import torch
 
 from components.vae.discriminator import PatchDiscriminator3D
-from components.vae.ema import EMA
 from components.vae.losses import VAELoss, adaptive_gan_weight, hinge_discriminator_loss
 from components.vae.train_config import LossConfig
 
@@ -82,22 +81,3 @@ def test_hinge_loss_values():
     real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])
     # real: relu(1-2)=0, relu(1-0)=1 -> 0.5; fake: relu(1-2)=0, relu(1.5)=1.5 -> 0.75
     assert hinge_discriminator_loss(real, fake).item() == pytest.approx(0.5 * (0.5 + 0.75))
-
-
-def test_ema_update_state_dict_round_trip_and_frozen_params_excluded():
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    model[1].weight.requires_grad_(False)
-    ema = EMA(model, decay=0.9)
-    assert "1.weight" not in ema.shadow
-    before = model[0].weight.detach().clone()
-    with torch.no_grad():
-        model[0].weight.add_(1.0)
-    ema.update(model)
-    assert torch.allclose(ema.shadow["0.weight"], before + 0.1)
-    full = ema.model_state_dict(model)
-    assert set(full) == set(model.state_dict()) and torch.equal(full["1.running_mean"], model[1].running_mean)
-    restored = EMA(model, decay=0.5)
-    restored.load_state_dict(ema.state_dict())
-    assert restored.decay == 0.9 and torch.equal(restored.shadow["0.weight"], ema.shadow["0.weight"])
-    with pytest.raises(ValueError, match="does not match"):
-        EMA(torch.nn.Linear(2, 2), 0.9).load_state_dict(ema.state_dict())

@@ -4,17 +4,17 @@ The data loader is the stand-in of `tests/vae/standin.py` (deterministic synthet
 the model is the tiny preset at half width on 9×32×32 clips, so a run takes seconds on a CPU.
 """
 
-import io
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.core import checkpoints, manifest, tracking
+from components.core import manifest, storage, tracking
+from components.core.training import checkpoint
 from components.vae import load_vae
 from components.vae.train import train_vae
-from components.vae.trainer_state import list_checkpoints, load_checkpoint
 from tests.vae.standin import patch_loader, write_fake_manifest
 
 FAST = ["model.hidden_size=8", "data.bucket=9x32x32", "train.discriminator.base_channels=4"]
@@ -52,14 +52,14 @@ def test_phase1_writes_self_describing_artifact(phase1):
     assert written["stage"] == "vae-phase1" and written["inputs"]["data"]["uri"].endswith("manifest.json")
     for name, entry in written["files"].items():
         assert (out / name).is_file(), name
-        assert checkpoints.storage.sha256_file(out / name) == entry["sha256"]
+        assert storage.sha256_file(out / name) == entry["sha256"]
     assert {"model/config.json", "model/model.safetensors", "model_raw/model.safetensors",
-            "metrics.json", written["final_checkpoint"]} <= set(written["files"])
+            "metrics.json", f"{written['final_checkpoint']}/checkpoint.json"} <= set(written["files"])
     # The model folder is ours and loads through the model helper's loader; it holds the EMA weights.
     vae = load_vae(out / "model")
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["model"]["scale_factor"] == 0.18215 and config["model"]["spatial_compression"] == 8
-    final = load_checkpoint(str(out / written["final_checkpoint"]))
+    final = checkpoint.read(str(out / written["final_checkpoint"]))
     assert final["step"] == 8
     for name, value in vae.state_dict().items():
         assert torch.equal(value, final["ema"]["shadow"].get(name, final["generator"][name])), name
@@ -89,24 +89,44 @@ def test_rerun_with_same_inputs_does_nothing(phase1):
     assert (out / "manifest.json").read_bytes() == before
 
 
+def test_settings_that_do_not_change_the_weights_keep_a_phase_finished(phase1):
+    data, out, result = phase1
+    again = train_vae(1, str(data), str(out), overrides=[
+        *FAST, "eval.max_clips=8", "eval.resolution=32", "train.log_every=1", "train.sample_every=1",
+        "train.checkpoint_every=3", "train.keep_checkpoints=5", "data.num_workers=2", "launch.nproc_per_node=4"])
+    assert again["skipped"] and again["mlflow_run_id"] == result["mlflow_run_id"]
+
+
+def test_phase2_refuses_an_init_model_changed_after_phase1(phase1, tmp_path):
+    data, phase1_out, _ = phase1
+    edited = tmp_path / "edited"
+    shutil.copytree(phase1_out, edited)
+    weights = edited / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ValueError, match=r"edited/model/model.safetensors does not match the sha256 in its manifest"):
+        train_vae(2, str(data), str(tmp_path / "p2"), init=str(edited), overrides=FAST)
+    assert not (tmp_path / "p2").exists()
+
+
 def test_phase2_starts_from_phase1_ema_with_fresh_ema_and_optimizers(phase1, tmp_path):
     _, phase1_out, phase1_result = phase1
     data2 = write_fake_manifest(tmp_path, "hq")
     out = tmp_path / "phase2"
     result = train_vae(2, str(data2), str(out), init=str(phase1_out), overrides=FAST)
     assert result["steps"] == 4
-    start = load_checkpoint(str(out / "checkpoints" / "step-0.pt"))
+    start = checkpoint.read(str(out / "checkpoints" / "step-0"))
     phase1_ema = load_file(phase1_out / "model" / "model.safetensors")
     for name, value in phase1_ema.items():
         assert torch.equal(start["generator"][name], value), name  # live weights := phase-1 EMA
         if name in start["ema"]["shadow"]:
             assert torch.equal(start["ema"]["shadow"][name], value)  # fresh EMA from those weights
-    assert start["gen_optimizer"]["state"] == {} and start["disc_optimizer"]["state"] == {}
-    phase1_final = load_checkpoint(str(phase1_out / manifest.read_manifest(phase1_out)["final_checkpoint"]))
+    for group in ("gen_optimizer", "disc_optimizer"):  # fresh: step 0, zero moments
+        assert all(int(s["step"]) == 0 and not s["exp_avg"].any() for s in start[group]["state"].values())
+    phase1_final = checkpoint.read(str(phase1_out / manifest.read_manifest(phase1_out)["final_checkpoint"]))
     for name, value in phase1_final["discriminator"].items():
         assert torch.equal(start["discriminator"][name], value), name
     # Lineage in the manifest, the MLflow tags and the registered model version.
-    sha = checkpoints.storage.sha256_file(phase1_out / "manifest.json")
+    sha = storage.sha256_file(phase1_out / "manifest.json")
     written = manifest.read_manifest(out)
     assert written["lineage"]["lineage.phase1_run_id"] == phase1_result["mlflow_run_id"]
     assert written["lineage"]["lineage.phase1_manifest_sha256"] == sha
@@ -145,7 +165,7 @@ def test_nan_batch_is_skipped_without_rollback(phase1, tmp_path):
     assert [e["event"] for e in events] == ["bad_step"] and events[0]["batch"] == 2
     assert "non-finite" in events[0]["reason"]
     assert result["steps"] == 8 and result["metrics"]["bad_steps"] == 1 and result["metrics"]["rollbacks"] == 0
-    final = load_checkpoint(str(out / "checkpoints" / "step-8.pt"))
+    final = checkpoint.read(str(out / "checkpoints" / "step-8"))
     assert all(torch.isfinite(v).all() for v in final["generator"].values())
     assert tracking.get_run(result["mlflow_run_id"])["metrics"]["guard/bad_steps"] == 1
 
@@ -161,15 +181,19 @@ def test_consecutive_nan_batches_roll_back_and_skip_the_data(phase1, tmp_path):
     assert rollback["to_step"] == 4 and rollback["skip_batches"] == [5, 6, 7]
     assert result["steps"] == 8 and result["metrics"]["rollbacks"] == 1
     assert result["metrics"]["skip_batches"] == [5, 6, 7]
-    final = load_checkpoint(str(out / "checkpoints" / "step-8.pt"))
+    final = checkpoint.read(str(out / "checkpoints" / "step-8"))
     assert final["skip_batches"] == [5, 6, 7] and all(torch.isfinite(v).all() for v in final["generator"].values())
     run = tracking.get_run(result["mlflow_run_id"])
     assert run["metrics"]["guard/rollbacks"] == 1 and run["tags"]["guard.rollbacks"] == "1"
 
 
-def test_checkpoint_is_weights_only_loadable(phase1):
-    _, out, _ = phase1
-    [(step, uri), *_] = list_checkpoints(out)[::-1]
-    state = torch.load(io.BytesIO(open(uri, "rb").read()), weights_only=True)
-    assert state["step"] == step
-    assert {"generator", "discriminator", "ema", "gen_optimizer", "disc_optimizer", "rng", "loader", "step"} <= set(state)
+def test_a_second_writer_on_the_output_folder_is_refused(phase1, tmp_path):
+    from components.core import lease
+
+    data, _, _ = phase1
+    out = tmp_path / "busy"
+    with lease.hold(out, owner="another t2v vae train"):
+        with pytest.raises(lease.LeaseHeld, match="another t2v vae train"):
+            train_vae(1, str(data), str(out), overrides=FAST)
+    assert not (out / "manifest.json").exists() and not (out / "checkpoints").exists()
+

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from components.core import tracking
-from components.vae.trainer_state import load_checkpoint
+from components.core.training import checkpoint
 from tests.killing import kill_when_file_appears
 from tests.vae.standin import write_fake_manifest
 
@@ -49,7 +49,7 @@ def _train(data: Path, out: Path, home: Path, log: Path) -> None:
 
 
 def _checkpoints(out: Path) -> list[str]:
-    return sorted((p.name for p in (out / "checkpoints").glob("*.pt")), key=lambda name: int(name[5:-3]))
+    return [f"step-{step}" for step, _ in checkpoint.list_checkpoints(out)]
 
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
@@ -59,19 +59,19 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
 
     _train(data, straight, home, tmp_path / "straight.log")
     proc = _start(data, interrupted, home, tmp_path / "killed.log")
-    kill_when_file_appears(proc, interrupted / "checkpoints" / f"step-{CHECKPOINT_EVERY}.pt", timeout=300,
+    kill_when_file_appears(proc, interrupted / "checkpoints" / f"step-{CHECKPOINT_EVERY}" / checkpoint.INDEX_FILE, timeout=300,
                            log=tmp_path / "killed.log")
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     found = _checkpoints(interrupted)
-    assert f"step-{STEPS}.pt" not in found, (
+    assert f"step-{STEPS}" not in found, (
         f"the kill landed after the next checkpoint ({found}): it must fall between step {CHECKPOINT_EVERY} "
         f"and step {STEPS}; make the steps slower (a bigger clip or model in OVERRIDES)")
     assert not (interrupted / "manifest.json").exists()  # a killed run leaves nothing that looks finished
-    assert found == ["step-0.pt", f"step-{CHECKPOINT_EVERY}.pt"]
+    assert found == ["step-0", f"step-{CHECKPOINT_EVERY}"]
     _train(data, interrupted, home, tmp_path / "resumed.log")
 
-    reference = load_checkpoint(str(straight / "checkpoints" / f"step-{STEPS}.pt"))
-    result = load_checkpoint(str(interrupted / "checkpoints" / f"step-{STEPS}.pt"))
+    reference = checkpoint.read(str(straight / "checkpoints" / f"step-{STEPS}"))
+    result = checkpoint.read(str(interrupted / "checkpoints" / f"step-{STEPS}"))
     for group in ("generator", "discriminator"):
         for name, value in reference[group].items():
             assert torch.equal(result[group][name], value), f"{group}.{name}"
@@ -86,7 +86,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
 
     # The resumed run continued the interrupted MLflow run and logged the resume as an event.
     events = (interrupted / "events.jsonl").read_text()
-    assert '"event": "resume"' in events and f"step-{CHECKPOINT_EVERY}.pt" in events
+    assert '"event": "resume"' in events and f"step-{CHECKPOINT_EVERY}" in events
     monkeypatch.setenv("T2V_HOME", str(home))
     run = tracking.get_run(result["mlflow_run_id"])
     assert run["status"] == "FINISHED" and run["tags"]["resumed"] == "true"

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from components.core import manifest, storage
+from components.core.training import checkpoint
 from components.vae.evaluate import evaluate_vae
 from components.vae.train import train_vae
-from components.vae.trainer_state import list_checkpoints, load_checkpoint
 from tests.data.clips import ClipSpec, write_dataset
 from tests.vae.standin import patch_loader, write_fake_manifest
 
@@ -26,15 +26,15 @@ def test_train_resume_and_evaluate_on_s3(s3_bucket, tmp_path):
     out = f"{s3_bucket}/vae/phase1"
     first = train_vae(1, str(data), out, overrides=FAST)
     assert manifest.read_manifest(out)["files"]["model/model.safetensors"]["uri"] == f"{out}/model/model.safetensors"
-    assert [step for step, _ in list_checkpoints(out)] == [2, 4]  # keep_checkpoints=2 prunes step 0 on S3
-    reference = load_checkpoint(f"{out}/checkpoints/step-4.pt")
+    assert [step for step, _ in checkpoint.list_checkpoints(out)] == [2, 4]  # keep_checkpoints=2 prunes step 0 on S3
+    reference = checkpoint.read(f"{out}/checkpoints/step-4")
 
     # As if the process died after step 3: no manifest, no step-4 checkpoint. The re-run resumes from step 2.
     storage.delete(f"{out}/manifest.json")
-    storage.delete(f"{out}/checkpoints/step-4.pt")
+    storage.delete_prefix(f"{out}/checkpoints/step-4")
     second = train_vae(1, str(data), out, overrides=FAST)
     assert second["mlflow_run_id"] == first["mlflow_run_id"] and not second["skipped"]
-    resumed = load_checkpoint(f"{out}/checkpoints/step-4.pt")
+    resumed = checkpoint.read(f"{out}/checkpoints/step-4")
     for name, value in reference["generator"].items():
         assert torch.equal(resumed["generator"][name], value), name
     assert '"event": "resume"' in storage.read_text(f"{out}/events.jsonl")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from components.core import manifest, tracking
+from components.core.training import checkpoint
 from components.data.shard import shard
 from components.vae.evaluate import evaluate_vae
 from components.vae.train import train_vae
-from components.vae.trainer_state import load_checkpoint
 from tests.data.clips import ClipSpec, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def test_train_both_phases_and_evaluate_on_shards(shards, env, tmp_path, monkeyp
     assert [b["name"] for b in manifest.read_manifest(shards)["buckets"]] == ["9x64x64"]
     phase1 = _cli(env, "vae", "train", "--phase", "1", "--data", str(shards), "--out", str(tmp_path / "p1"), *_sets())
     assert phase1["steps"] == 4 and phase1["stage"] == "vae-phase1"
-    final = load_checkpoint(str(tmp_path / "p1" / "checkpoints" / "step-4.pt"))
+    final = checkpoint.read(str(tmp_path / "p1" / "checkpoints" / "step-4"))
     # Three clips, batch 1: the loader's (epoch, step) position is in the checkpoint and wrapped to epoch 1.
     assert final["loader"] == {"epoch": 1, "step": 0} and final["batches_drawn"] == 3  # 3 generator steps (G, G, D, G)
     assert all(torch.isfinite(v).all() for v in final["generator"].values())

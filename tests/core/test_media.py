@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from components.eval.media import (
+from components.core.media import (
     LABEL_HEIGHT,
     LABEL_WIDTH,
     clip_psnr,
     save_reconstruction_grid,
     save_side_by_side_video,
 )
-from components.eval.metrics import psnr
+from components.core.metrics import psnr
 
 
 def _clips() -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from components.core.distributed import unwrap
+
 
 class EMA:
+    """Shadow weights of a model's trainable parameters (of the unwrapped module: names without `module.`;
+    under FSDP2 the shadows are sharded like the parameters they follow)."""
+
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema decay must be in [0, 1); got {decay}")
@@ -19,8 +24,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """shadow <- decay · shadow + (1 - decay) · param (reference notes §1.10)."""
-        for name, param in model.named_parameters():
+        """shadow <- decay · shadow + (1 - decay) · param (reference notes §1.10); `model` may be DDP-wrapped."""
+        for name, param in unwrap(model).named_parameters():
             if name in self.shadow:
                 self.shadow[name].lerp_(param.detach(), 1.0 - self.decay)
 
@@ -30,16 +35,17 @@ class EMA:
         state.update({name: shadow.clone() for name, shadow in self.shadow.items()})
         return state
 
-    def state_dict(self) -> dict[str, object]:
-        return {"decay": self.decay, "shadow": {name: tensor.clone() for name, tensor in self.shadow.items()}}
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The shadow tensors themselves (not copies): a sharded checkpoint load fills them in place.
+        The decay is configuration, not state."""
+        return {"shadow": self.shadow}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         shadow = state["shadow"]
-        assert isinstance(shadow, dict)
         if set(shadow) != set(self.shadow):
             missing, unexpected = set(self.shadow) - set(shadow), set(shadow) - set(self.shadow)
             raise ValueError(f"EMA state does not match the model: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
-        self.decay = float(state["decay"])
         for name, tensor in shadow.items():
-            self.shadow[name].copy_(tensor)
+            if tensor is not self.shadow[name]:
+                self.shadow[name].copy_(tensor)

@@ -1,16 +1,11 @@
-"""Model folders and training state.
+"""Model folders: what a stage hands to the next one (trainer checkpoints are `core/training/checkpoint.py`).
 
-- A model folder is Hugging Face style: `config.json` + `model.safetensors`, so an artifact describes
-  itself and loads without our code's classes being pickled into it.
-- Training state (optimizer, scheduler, EMA, RNG, data position, step) is one `torch.save` file written
-  atomically and read with `weights_only=True`: only tensors and plain Python containers, never
-  arbitrary objects.
+A model folder is Hugging Face style: `config.json` + `model.safetensors`, so an artifact describes
+itself and loads without our code's classes being pickled into it.
 """
 
 from __future__ import annotations
 
-import io
-import random
 from pathlib import Path
 from typing import Any
 
@@ -67,45 +62,14 @@ def load_model_folder(folder: str | Path, expected: dict[str, str] | None = None
     return config, weights
 
 
-def rng_state() -> dict[str, Any]:
-    """RNG states as tensors and plain values, so they survive a weights_only load."""
-    import numpy as np
-
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype("int64")),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype("uint32"), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_training_state(uri: str | Path, state: dict[str, Any]) -> str:
-    """Atomically write a training-state dict (tensors and plain containers only); returns its sha256."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return storage.write_bytes(uri, buffer.getvalue())
-
-
-def load_training_state(uri: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
-    """Load a training-state file without unpickling arbitrary objects."""
-    data = storage.read_bytes(uri, expected_sha256)
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Load `weights` into `module` strictly, naming `source` when names or shapes do not fit."""
+    expected = module.state_dict()
+    missing, unexpected = set(expected) - set(weights), set(weights) - set(expected)
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not fit the configured model (missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}); check the preset's model group")
+    wrong = [k for k, v in weights.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{source}: weights have other shapes than the configured model: {wrong[:5]}")
+    module.load_state_dict(weights)

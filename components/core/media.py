@@ -1,11 +1,15 @@
-"""Pictures and videos for reviewing reconstructions: a frame grid PNG and a side-by-side mp4."""
+"""Videos in and out: reading a video file, and pictures and videos for reviewing reconstructions (a
+frame grid PNG and a side-by-side mp4)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from components.core import storage
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -27,7 +31,7 @@ LABEL_WIDTH = 52  # px of the "input" / "output" column of a grid
 
 def clip_psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> list[float]:
     """PSNR in dB of each clip of (B, 3, T, H, W) videos in [-1, 1]: the mean of its frames' PSNR."""
-    from components.eval.metrics import psnr
+    from components.core.metrics import psnr
 
     def unit(video: torch.Tensor) -> torch.Tensor:
         return ((video.detach().float().clamp(-1, 1) + 1) / 2).transpose(1, 2)  # (B, T, 3, H, W) in [0, 1]
@@ -97,3 +101,26 @@ def save_side_by_side_video(original: torch.Tensor, reconstruction: torch.Tensor
             container.mux(stream.encode(packet_frame))
         container.mux(stream.encode())
     return path
+
+
+def read_video(uri: str) -> torch.Tensor:
+    """All frames of a video file as (3, T, H, W) in [-1, 1] (OpenCV; S3 files are fetched first)."""
+    import cv2
+
+    with contextlib.ExitStack() as stack:
+        path = storage.local_dir(uri)
+        if path is None:
+            tmp = stack.enter_context(storage.staging_dir("t2v-video-"))
+            path = storage.get_file(uri, Path(tmp) / Path(uri).name)
+        capture = cv2.VideoCapture(str(path))
+        frames = []
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        capture.release()
+    if not frames:
+        raise ValueError(f"{uri}: no frames could be decoded")
+    video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2)  # (3, T, H, W) uint8
+    return video.float().div(127.5).sub(1.0)

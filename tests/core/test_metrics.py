@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from components.eval.metrics import LPIPSMetric, MetricAggregator, psnr, ssim, video_metrics
+from components.core.metrics import LPIPSMetric, MetricAggregator, psnr, ssim, video_metrics
 
 
 def test_psnr_identical_frames_is_capped_at_100():

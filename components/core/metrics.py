@@ -1,6 +1,7 @@
 """Reconstruction metrics for videos: PSNR, SSIM, LPIPS per frame, and their aggregation.
 
-Model-agnostic and pure torch. The definitions follow the reference evaluation protocol (reference notes
+Model-agnostic and pure torch, in core because VAE training (the LPIPS loss), VAE evaluation and the
+eval component all use them. The definitions follow the reference evaluation protocol (reference notes
 §1.11): PSNR and SSIM on [0, 1] frames, LPIPS on [-1, 1] frames with a spatial mean; per-frame values
 are averaged per timestep over the videos of a batch, then over timesteps and batches.
 """

@@ -1,0 +1,87 @@
+"""What VAE training starts from: its inputs (checked), the hash of what shapes the weights, the loader."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from components.core import manifest, model_folder, stage, storage
+from components.core.distributed import Context
+from components.core.training import checkpoint
+from components.vae.config import VAEConfig
+
+STAGES = {1: "vae-phase1", 2: "vae-phase2"}
+
+
+@dataclass
+class Handoff:
+    """Where the generator starts: a phase-1 output (EMA weights + discriminator) or a plain model folder."""
+
+    model_folder: str
+    input_entry: dict[str, str]
+    lineage: dict[str, str] = field(default_factory=dict)
+    discriminator_checkpoint: str | None = None
+
+
+def read_init(init: str, phase: int) -> Handoff:
+    """Phase 2 needs a finished phase-1 output (its files checked against its manifest); phase 1 may start
+    from any VAE model folder (tail init)."""
+    init_manifest = manifest.read_manifest(init)
+    if init_manifest is not None and init_manifest.get("stage") == STAGES[1]:
+        for name, entry in init_manifest["files"].items():  # by name in `init`: the folder may have moved
+            uri = storage.join(init, name)
+            if name.startswith("model/") and storage.sha256_bytes(storage.read_bytes(uri)) != entry["sha256"]:
+                raise ValueError(f"--init {init}: {uri} does not match the sha256 in its manifest.json "
+                                 f"(changed after phase 1 finished); re-run phase 1 or restore the file")
+        final = storage.join(init, init_manifest["final_checkpoint"])
+        reason = checkpoint.damage(final)
+        if reason is not None:
+            raise ValueError(f"--init {init}: its final checkpoint {final} is damaged ({reason}); re-run phase 1")
+        entry = stage.input_file(manifest.manifest_uri(init))
+        return Handoff(
+            model_folder=storage.join(init, "model"),
+            input_entry=entry,
+            lineage={"lineage.phase1_run_id": str(init_manifest.get("mlflow_run_id")),
+                     "lineage.phase1_manifest_sha256": entry["sha256"], "lineage.phase1_uri": str(init)},
+            discriminator_checkpoint=final,
+        )
+    if phase == 2:
+        raise ValueError(f"--init {init}: phase 2 needs a finished phase-1 output folder (manifest.json with "
+                         f"stage '{STAGES[1]}'); found {'no manifest' if init_manifest is None else init_manifest.get('stage')}")
+    if not any(uri.endswith("/" + model_folder.CONFIG_FILE) for uri in storage.list_files(init)):
+        raise FileNotFoundError(f"--init {init}: neither a phase-1 output nor a VAE model folder (no config.json)")
+    return Handoff(model_folder=str(init), input_entry={"uri": str(init), "sha256": stage.folder_sha256(init)},
+                   lineage={"lineage.init_model": str(init)})
+
+
+# Settings that do not change the trained weights: where and how often to log, sample, checkpoint, and
+# the evaluation and launch groups. Changing them must not make a finished phase look unfinished.
+_TRAIN_FIELDS_NOT_IN_HASH = {"device", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every"}
+
+
+def weights_hash(phase: int, config: VAEConfig, world_size: int) -> str:
+    """sha256 of what determines the trained weights; the global batch counts, not how it is split."""
+    data = config.data.model_dump(mode="json", exclude={"batch_size", "num_workers"})
+    payload = {
+        "phase": phase,
+        "model": config.model.model_dump(mode="json"),
+        "train": config.train.model_dump(mode="json", exclude=_TRAIN_FIELDS_NOT_IN_HASH),
+        "data": {**data, "global_batch": config.data.batch_size * world_size},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def open_loader(data_manifest: str, config: VAEConfig, seed: int, ctx: Context):
+    """This rank's slice of every global batch of one video bucket (reference notes §1.10: 25×256×256).
+
+    The "global" layout makes the samples of a step independent of the number of ranks, so a run
+    saved at N processes continues at M with the same data (per-process batch × ranks kept equal).
+    """
+    from components.data.loader import BucketLoader, LoaderConfig  # the data component's public read API
+
+    data = config.data
+    loader_config = LoaderConfig(buckets=[data.bucket], batch_size_overrides={data.bucket: data.batch_size},
+                                 seed=seed, shuffle_shards=data.shuffle_shards, num_workers=data.num_workers,
+                                 min_frames=2, rank_layout="global")
+    return BucketLoader(data_manifest, loader_config, rank=ctx.dp_rank, world_size=ctx.dp_size)
