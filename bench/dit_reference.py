@@ -11,7 +11,7 @@ Two jobs, both importing the reference from a checkout given on the command line
 `--threads` threads, both models holding the reference's random init (fixed seed) and seeing the same
 inputs (two samples with 64 text tokens each, 16 of them padding in the second; sizes in CASES). Each
 (implementation, case) runs in a fresh subprocess so its peak RSS is its own; both run back to back per case. Reported:
-wall seconds, peak RSS of the timed call (VmHWM reset before it; libraries, weights and inputs
+wall seconds (the short cases after a warm-up, best of REPEATS calls), peak RSS of the timed calls (VmHWM reset before it; libraries, weights and inputs
 included), the memory the call added, less the parameter gradients for backward cases
 (`activations_gib`: what the implementations differ in; ~0.9 GiB of libraries, 0.83 GiB of weights and
 0.83 GiB of gradients are the same for both), the ratios ours / reference, the max difference of the outputs (and of the input gradients for backward
@@ -52,6 +52,8 @@ TEXT_TOKENS = 64
 # name: (latent frames, latent height, latent width, backward?, gradient checkpointing?, our finer
 # recomputation settings: the reference has none)
 FINE = {"sublayer_checkpointing": True, "mlp_checkpoint_tokens": 600}
+# Cases short enough to time after a warm-up call, best of this many calls; the others run once, cold, on both.
+REPEATS = {"fwdbwd192": 3, "fwd2400": 2}
 CASES = {
     "fwdbwd192": (1, 24, 32, True, False, {}),  # 1 x 12 x 16 = 192 tokens (an image at 192x256 px)
     "fwd2400": (8, 30, 40, False, False, {}),  # 8 x 15 x 20 = 2,400 tokens (29x240x320 px)
@@ -117,8 +119,9 @@ def make_inputs(frames: int, height: int, width: int, text_channels: int, seed: 
             "text_mask": text_mask}
 
 
-def model_flops(config, tokens: int, text_tokens: int, backward: bool) -> float:
-    """Matmul FLOPs of one pass (x3 with backward); elementwise work and recomputation not counted."""
+def model_flops(config, tokens: int, text_tokens: int, backward: bool, batch: int = 2) -> float:
+    """Matmul FLOPs of one pass over `batch` samples (x3 with backward); elementwise work and recomputation
+    not counted."""
     d, n, length = config.hidden_size, tokens, text_tokens
     per_block = (2 * n * d * d * 4  # self-attention q, k, v, out
                  + 2 * 2 * n * n * d  # QK^T and AV
@@ -127,7 +130,7 @@ def model_flops(config, tokens: int, text_tokens: int, backward: bool) -> float:
                  + 2 * n * d * 4 * d * 2)  # MLP
     outer = 2 * length * (config.caption_channels * d + d * d) + 2 * n * d * (4 * 4 + config.patch_channels)
     forward = config.num_layers * per_block + outer
-    return forward * (3 if backward else 1)
+    return batch * forward * (3 if backward else 1)
 
 
 def matmul_gflops(seconds_budget: float = 3.0) -> float:
@@ -185,24 +188,37 @@ def run_case(implementation: str, case: str, reference: Path, workdir: Path, thr
     del state
     model.train(backward)  # the reference checkpoints only in training mode; dropout is 0
     inputs = make_inputs(frames, height, width, config.caption_channels)
+    inputs["latents"].requires_grad_(backward)
+
+    def once() -> dict:
+        model.zero_grad(set_to_none=True)
+        inputs["latents"].grad = None
+        if not backward:
+            with torch.inference_mode():
+                return {"output": call(inputs)}
+        output = call(inputs)
+        output.square().mean().backward()
+        return {"output": output.detach(), "latents_grad": inputs["latents"].grad}
+
+    repeats = REPEATS.get(case, 1)
+    if repeats > 1:
+        once()  # warm-up: first-call costs (thread pools, kernel selection, RoPE tables) out of the timing
     throughput = matmul_gflops()
+    model.zero_grad(set_to_none=True)
+    inputs["latents"].grad = None
     gc.collect()
     resident = _current_rss_gib()  # libraries, weights and inputs, before the call
     peak_known = _reset_peak_rss()
-    start = time.perf_counter()
-    if backward:
-        inputs["latents"].requires_grad_(True)
-        output = call(inputs)
-        output.square().mean().backward()
-        outputs = {"output": output.detach(), "latents_grad": inputs["latents"].grad}
-    else:
-        with torch.inference_mode():
-            outputs = {"output": call(inputs)}
-    seconds = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outputs = once()
+        times.append(time.perf_counter() - start)
+    seconds = min(times)
     peak = _peak_rss_gib() if peak_known else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     save_file({key: value.contiguous() for key, value in outputs.items()}, workdir / f"{implementation}-{case}.safetensors")
     tokens = frames * (height // 2) * (width // 2)
-    flops = model_flops(config, tokens, TEXT_TOKENS, backward)
+    flops = model_flops(config, tokens, TEXT_TOKENS, backward, batch=inputs["latents"].shape[0])
     gradient_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30 if backward else 0.0
     return {"seconds": round(seconds, 2), "call_peak_rss_gib": round(peak, 2), "resident_gib": round(resident, 2),
             "call_added_gib": round(peak - resident, 2),
