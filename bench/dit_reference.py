@@ -10,13 +10,14 @@ Two jobs, both importing the reference from a checkout given on the command line
 `speed`: a 2-layer slice of the v1.2 model at full width (hidden 2304, mT5-XXL text width 4096), fp32,
 `--threads` threads, both models holding the reference's random init (fixed seed) and seeing the same
 inputs (two samples with 64 text tokens each, 16 of them padding in the second; sizes in CASES). Each
-(implementation, case) runs in a fresh subprocess so its peak RSS is its own; both run back to back per case. Reported:
-wall seconds (the short cases after a warm-up, best of REPEATS calls), peak RSS of the timed calls (VmHWM reset before it; libraries, weights and inputs
-included), the memory the call added, less the parameter gradients for backward cases
-(`activations_gib`: what the implementations differ in; ~0.9 GiB of libraries, 0.83 GiB of weights and
-0.83 GiB of gradients are the same for both), the ratios ours / reference, the max difference of the outputs (and of the input gradients for backward
-cases), and the fraction of this machine's fp32 matmul throughput each run reaches: model FLOPs (no
-recomputation counted) / seconds / the GFLOP/s of a 4096^3 `torch.mm` measured in the same subprocess.
+(implementation, case) runs in a fresh subprocess so its peak RSS is its own; both run back to back per
+case. Reported: wall seconds (the short cases after a warm-up, best of REPEATS calls); peak RSS of the
+timed calls (VmHWM reset before them; libraries, weights and inputs included); the memory the calls
+added less the parameter gradients (`activations_gib`, where the implementations differ: ~0.9 GiB of
+libraries, 0.83 GiB of weights and 0.83 GiB of gradients are the same for both); the ratios ours /
+reference; the max difference of the outputs (and of the input gradients for backward cases); and the
+fraction of this machine's fp32 matmul throughput each run reaches: model FLOPs (no recomputation
+counted) / seconds / the GFLOP/s of a 4096^3 `torch.mm` measured in the same subprocess.
 
 The reference runs unmodified with `attention_mode: math`: its v1.2 configs say "xformers", which
 restricts SDPA to the CUDA memory-efficient kernel and finds no kernel on a CPU.
