@@ -90,7 +90,7 @@ def official_to_config(raw: dict[str, Any], source: str = CONFIG_FILE) -> DiTMod
             if not isinstance(value, dict) or set(value) - set(_OURS):
                 raise fail(OURS_KEY, f"must be a mapping with keys among {', '.join(_OURS)}")
             fields.update(value)
-        elif key not in _IGNORED:
+        elif key not in _IGNORED and not key.startswith("_"):  # `_…`: diffusers' metadata (e.g. _use_default_values)
             raise fail(key, "is not a known Open-Sora Plan OpenSoraT2V setting")
     for key in ("interpolation_scale_t", "interpolation_scale_h", "interpolation_scale_w"):
         fields.setdefault(key, defaults[key])
