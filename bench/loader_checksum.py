@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.shard_speed import bench_specs  # noqa: E402
+from bench.shard_speed import SHARD_OVERRIDES, bench_specs  # noqa: E402
 from tests.data.clips import write_dataset  # noqa: E402
 
 
@@ -42,9 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="t2v-bench-") as tmp:
         root = Path(tmp)
         annotations = write_dataset(root / "clips", bench_specs(args.clips))
-        overrides = ["shard.train_fps=12", "shard.frames=[1,17,33]",
-                     "shard.resolutions=[[128,128],[112,192],[192,112]]", "shard.shard_max_samples=16"]
-        result = shard(annotations, root / "shards", overrides=overrides)
+        result = shard(annotations, root / "shards", overrides=SHARD_OVERRIDES)
         tars = sorted((root / "shards" / "shards").glob("*.tar"))
         shard_bytes = sum(p.stat().st_size for p in tars)
 

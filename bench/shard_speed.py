@@ -39,6 +39,11 @@ def bench_specs(count: int) -> list[ClipSpec]:
     return specs
 
 
+# The bench set's shard settings (also bench/loader_checksum.py): three frame counts, three resolutions.
+SHARD_OVERRIDES = ["shard.train_fps=12", "shard.frames=[1,17,33]",
+                   "shard.resolutions=[[128,128],[112,192],[192,112]]", "shard.shard_max_samples=16"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clips", type=int, default=96)
@@ -55,9 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="t2v-bench-") as tmp:
         root = Path(tmp)
         annotations = write_dataset(root / "clips", bench_specs(args.clips))
-        overrides = ["shard.train_fps=12", "shard.frames=[1,17,33]",
-                     "shard.resolutions=[[128,128],[112,192],[192,112]]", "shard.shard_max_samples=16",
-                     f"shard.workers={args.workers}"]
+        overrides = [*SHARD_OVERRIDES, f"shard.workers={args.workers}"]
         started = time.perf_counter()
         result = shard(annotations, root / "shards", overrides=overrides)
         stage_seconds = time.perf_counter() - started
