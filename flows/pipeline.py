@@ -112,7 +112,8 @@ def pipeline(
     stage_deployment: str | None = None,
     until: str | None = None,
 ) -> dict[str, Any]:
-    """Synthesize (or ingest `annotations`) → filter → shard → VAE phase 1 → VAE phase 2 → VAE eval.
+    """Synthesize (or ingest `annotations`) → filter → shard → VAE phases 1, 2 and eval → latents → DiT
+    stages 1-5 (each from the one before) → DiT eval.
 
     `overrides` are `<component>.<key>=<value>` (`data.synth.bad_fraction=0.1`); `until` stops after
     that stage. Defaults need no parameters: tiny preset, synthetic data, `$T2V_HOME/runs/<preset>`.

@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from components.core import storage
 from components.core.storage import StorageError
 from flows import runner
 from flows.logs import forward_component_logs
@@ -81,6 +83,43 @@ def vae_eval(run_root: str, preset: str = "tiny", overrides: list[str] | None = 
     return run_stage("vae-eval", run_root, preset, overrides, parent_run_id)
 
 
+@flow(name="t2v-latents")
+def latents(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
+            parent_run_id: str | None = None) -> dict[str, Any]:
+    """The shards' clips through the phase-2 VAE and their captions through the text encoder, once, into
+    `run_root/latents` (latent shards, text store, held-out `val/`)."""
+    return run_stage("latents", run_root, preset, overrides, parent_run_id)
+
+
+def _dit_stage_flow(number: int):
+    """The flow of DiT stage `number` (they differ only in the stage they run)."""
+    @flow(name=f"t2v-dit-stage{number}")
+    def dit_stage(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+        return run_stage(f"dit-stage{number}", run_root, preset, overrides, parent_run_id)
+
+    dit_stage.__doc__ = (f"DiT curriculum stage {number} on the latents into `run_root/dit-stage{number}`"
+                         + (f", from stage {number - 1}'s EMA weights" if number > 1 else "")
+                         + "; resumes from its checkpoints; registers `t2v-dit@stage{number}`.")
+    return dit_stage
+
+
+dit_stage1, dit_stage2, dit_stage3, dit_stage4, dit_stage5 = (_dit_stage_flow(n) for n in range(1, 6))
+
+
+@flow(name="t2v-dit-eval")
+def dit_eval(run_root: str, preset: str = "tiny", overrides: list[str] | None = None,
+             parent_run_id: str | None = None) -> dict[str, Any]:
+    """Samples of the last DiT stage scored against their prompts, and validation loss, into `run_root/dit-eval`."""
+    result = run_stage("dit-eval", run_root, preset, overrides, parent_run_id)
+    report_uri = result["outputs"]["report.md"]
+    create_markdown_artifact(markdown=storage.read_text(report_uri), key="t2v-dit-eval",
+                             description="DiT evaluation: prompt adherence and validation loss")
+    return result
+
+
 # The flow of each stage, by stage name (the pipeline calls these in-process).
 STAGE_FLOWS = {"synth": synth, "filter": filter_clips, "shard": shard, "vae-phase1": vae_phase1,
-               "vae-phase2": vae_phase2, "vae-eval": vae_eval}
+               "vae-phase2": vae_phase2, "vae-eval": vae_eval, "latents": latents,
+               "dit-stage1": dit_stage1, "dit-stage2": dit_stage2, "dit-stage3": dit_stage3,
+               "dit-stage4": dit_stage4, "dit-stage5": dit_stage5, "dit-eval": dit_eval}

@@ -96,7 +96,26 @@ def _vae_eval(run_root: str) -> dict[str, Any]:
             "data": storage.join(stage_dir(run_root, "filter"), "kept.json")}
 
 
+def _latents(run_root: str) -> dict[str, Any]:
+    # Every clip of the shards encoded once by the trained VAE, every caption once by the text encoder.
+    return {"data": stage_dir(run_root, "shard"), "vae": storage.join(stage_dir(run_root, "vae-phase2"), "model")}
+
+
+def _dit_stage(number: int) -> Callable[[str], dict[str, Any]]:
+    """Arguments of DiT stage `number`: the latents, and from stage 2 on the stage before (its EMA weights)."""
+    def arguments(run_root: str) -> dict[str, Any]:
+        init = stage_dir(run_root, f"dit-stage{number - 1}") if number > 1 else None
+        return {"data": stage_dir(run_root, "latents"), "init": init}
+    return arguments
+
+
+def _dit_eval(run_root: str) -> dict[str, Any]:
+    return {"dit": stage_dir(run_root, f"dit-stage{DIT_STAGES}"), "data": stage_dir(run_root, "latents")}
+
+
 _VAE_TRAIN = {"cli": ("components.vae", "train"), "config": "components.vae.config:load_vae_config"}
+_DIT_TRAIN = {"cli": ("components.dit", "train"), "config": "components.dit.config:load_dit_config"}
+DIT_STAGES = 5  # the curriculum of reference notes §3.5: images, then ever larger and longer video
 
 STAGES: tuple[Stage, ...] = (
     Stage("synth", "data", "components.data.synth:synthesize", _synth, options=("num", "seed", "kind"),
@@ -109,6 +128,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("vae-phase2", "vae", "components.vae.train:train_vae", _vae_phase2, extra={"phase": 2},
           outputs=("model/model.safetensors",), **_VAE_TRAIN),
     Stage("vae-eval", "vae", "components.vae.evaluate:evaluate_vae", _vae_eval, outputs=("metrics.json",)),
+    Stage("latents", "dit", "components.dit.encode:encode_latents", _latents, outputs=("index.json",)),
+    *(Stage(f"dit-stage{n}", "dit", "components.dit.train:train_dit", _dit_stage(n), extra={"stage": n},
+            outputs=("model_ema/diffusion_pytorch_model.safetensors",), **_DIT_TRAIN)
+      for n in range(1, DIT_STAGES + 1)),
+    Stage("dit-eval", "eval", "components.eval.dit:evaluate_dit", _dit_eval, outputs=("metrics.json", "report.md")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
