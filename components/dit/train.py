@@ -88,6 +88,7 @@ def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ct
     done = stage.finished(out, run_hash, inputs)
     if done:
         return result(done, skipped=True)
+    parts = build(config, stage_config, number, ctx, handoff)  # before the lease: a bad handoff writes nothing
     # One writer per output folder: rank 0 holds the lease for the job (the other ranks write only their own
     # checkpoint shards, inside it).
     owner = f"t2v dit train --stage {number}"
@@ -95,7 +96,6 @@ def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ct
         if ctx.distributed:
             local = storage.local_dir(out)
             distributed.log_to_rank_file(ctx, local / "logs" if local else tracking.t2v_home() / "logs" / stage_name(number))
-        parts = build(config, stage_config, number, ctx, handoff)
         events = EventLog(out, write=ctx.is_main)
         latest, damaged = checkpoint.latest_intact(out, ctx)
         for uri, reason in damaged:

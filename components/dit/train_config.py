@@ -27,13 +27,14 @@ class StageConfig(StrictModel):
     """One stage of the curriculum (reference notes §3.5): which buckets, how long, how big a step.
 
     Buckets are the latent manifest's pixel names "FxHxW"; without `buckets`, every bucket whose frames
-    lie in [min_frames, max_frames] and whose height x width is at most `max_pixels`.
+    lie in [min_frames, max_frames] and whose height x width lies in [min_pixels, max_pixels].
     """
 
     buckets: list[str] | None = None
     min_frames: int = Field(1, ge=1)
     max_frames: int | None = Field(None, ge=1)
-    max_pixels: int | None = Field(None, ge=1)  # height x width of a frame
+    min_pixels: int = Field(1, ge=1)  # height x width of a frame
+    max_pixels: int | None = Field(None, ge=1)
     steps: int = Field(ge=1)
     # Latent tokens per rank and step: a bucket's batch is batch_tokens // tokens per sample, so a larger
     # bucket gets a smaller batch (never dropped: at least one sample, however large).
@@ -64,7 +65,7 @@ class StageConfig(StrictModel):
         if self.buckets is not None:
             return f"{frames}x{height}x{width}" in self.buckets
         return (frames >= self.min_frames and (self.max_frames is None or frames <= self.max_frames)
-                and (self.max_pixels is None or height * width <= self.max_pixels))
+                and self.min_pixels <= height * width and (self.max_pixels is None or height * width <= self.max_pixels))
 
 
 class TrainConfig(StrictModel):
@@ -88,9 +89,10 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _frames_in_order(self) -> TrainConfig:
         for number, stage in enumerate(self.stages, 1):
-            if stage.max_frames is not None and stage.max_frames < stage.min_frames:
-                raise ValueError(f"train.stages[{number - 1}] (stage {number}): max_frames {stage.max_frames} "
-                                 f"< min_frames {stage.min_frames}")
+            for low, high in (("min_frames", "max_frames"), ("min_pixels", "max_pixels")):
+                if getattr(stage, high) is not None and getattr(stage, high) < getattr(stage, low):
+                    raise ValueError(f"train.stages[{number - 1}] (stage {number}): {high} {getattr(stage, high)} "
+                                     f"< {low} {getattr(stage, low)}")
         return self
 
     def stage(self, number: int) -> StageConfig:

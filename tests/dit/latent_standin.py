@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-BUCKETS = ["1x48x64", "1x64x64", "9x48x64", "9x64x64", "17x64x64"]
+BUCKETS = ["1x32x32", "1x48x64", "1x64x64", "9x32x32", "9x48x64", "9x64x64", "17x48x64", "17x64x64"]
 TEXT_CHANNELS = 64
 
 
