@@ -110,7 +110,8 @@ def weights_hash(number: int, config: DiTConfig, stage_config: StageConfig, glob
         "model": stage_model(config, stage_config).model_dump(mode="json", exclude=_MODEL_FIELDS_NOT_IN_HASH),
         "diffusion": config.diffusion.model_dump(mode="json"),
         "train": config.train.model_dump(mode="json", exclude=_TRAIN_FIELDS_NOT_IN_HASH),
-        "stage_config": stage_config.model_dump(mode="json", exclude={"data"}),  # the data is an input
+        # The data is an input; the token budget counts through the global batches it gives.
+        "stage_config": stage_config.model_dump(mode="json", exclude={"data", "batch_tokens", "max_batch_size"}),
         "global_batches": dict(sorted(global_batches.items())),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
