@@ -6,7 +6,7 @@
         batch["text"], batch["text_mask"]              # (B, L, C) float32, (B, L) int64; L = longest in batch
         batch["caption"], batch["key"], batch["bucket"]  # list[str], list[str], (frames, height, width) pixels
     z = (mean + (0.5 * logvar).exp() * noise) * loader.scale_factor     # the trainer's own generator
-    loader.empty_text, loader.empty_mask        # (1, L0, C), (1, L0): the empty caption (text dropout)
+    loader.empty_text, loader.empty_mask        # (L0, C), (L0,): the empty caption (text dropout)
     state = loader.state_dict()                 # exact resume: loader.load_state_dict(state)
 
 `uri` is a latent folder of `t2v dit encode` (or its `val/` sub-folder). The data component's
@@ -62,7 +62,7 @@ class LatentLoader:
             self.loader = BucketLoader(manifest_uri, config, rank, world_size)
             self.text_store = TextStore(storage.join(self.root, self.manifest["text_store"]["uri"]))
             [empty] = self.text_store.lookup([self.text_store.empty_key])
-            empty_text = empty.float()[None]  # (1, L0, C)
+            empty_text = empty.float()  # (L0, C)
         else:
             self.loader = BucketLoader(manifest_uri, config, rank, world_size, transform=latent_layout.cut_to_bucket)
             self.vae = load_vae(self.manifest["vae"]["uri"]).to(self.device)
@@ -72,9 +72,9 @@ class LatentLoader:
                     update={"tiling": self.vae.config.tiling.model_copy(update={"enabled": tiling})})
             encoder_uri = storage.join(self.root, self.manifest["text_encoder"]["uri"])
             self.text_encoder = load_text_encoder(encoder_uri, self.device)
-            empty_text, _ = self._encode_text([EMPTY_CAPTION])
-        self.empty_text = empty_text  # (1, L0, C) float32
-        self.empty_mask = torch.ones(empty_text.shape[:2], dtype=torch.int64)  # (1, L0)
+            empty_text = self._encode_text([EMPTY_CAPTION])[0][0]  # (L0, C)
+        self.empty_text = empty_text  # (L0, C) float32: the valid tokens of "", i.e. `</s>` (notes §3.2)
+        self.empty_mask = torch.ones(empty_text.shape[0], dtype=torch.int64)  # (L0,)
 
     # ----------------------------------------------------------------- the BucketLoader's schedule and state
 
