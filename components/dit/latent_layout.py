@@ -23,6 +23,13 @@ from components.core import storage
 from components.dit.encode_config import EncodeConfig
 
 SPLITS = ("train", "val")
+# The latent folder (see encode.py): its stage name, and where each part lives in it.
+STAGE = "latents"
+SHARD_FOLDER = "shards"
+VAL_FOLDER = "val"
+TEXT_FOLDER = "text"
+TEXT_ENCODER_FOLDER = "text_encoder"
+INDEX_FILE = "index.json"
 
 
 @dataclass(frozen=True, order=True)
