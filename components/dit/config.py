@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel, load_config
 from components.core.distributed import LaunchConfig
+from components.dit.encode_config import EncodeConfig
 from components.dit.text import TextEncoderConfig
 from components.dit.train_config import TrainConfig
 
@@ -139,6 +140,7 @@ class DiTConfig(StrictModel):
     latent: LatentConfig = LatentConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    encode: EncodeConfig = EncodeConfig()
     train: TrainConfig = TrainConfig()
     launch: LaunchConfig = LaunchConfig()
 

@@ -26,7 +26,17 @@ from typing import Any
 
 import torch
 
-from components.core import distributed, lease, manifest, model_folder, profiling, runtime, stage, storage, tracking
+from components.core import (
+    distributed,
+    lease,
+    manifest,
+    model_folder,
+    profiling,
+    runtime,
+    stage,
+    storage,
+    tracking,
+)
 from components.core.distributed import Context
 from components.core.host_memory import reuse_freed_memory
 from components.core.training import checkpoint

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from components.core import distributed, runtime
 from components.core.distributed import Context
 from components.core.progress import Progress
