@@ -29,7 +29,6 @@ import torch
 from components.core import (
     distributed,
     lease,
-    manifest,
     model_folder,
     profiling,
     runtime,
@@ -46,6 +45,7 @@ from components.core.training.run import result, training_run
 from components.dit import load_dit
 from components.dit.config import DiTConfig, load_dit_config
 from components.dit.diffusion import make_scheduler
+from components.dit.latents import read_latent_manifest
 from components.dit.model import OpenSoraT2V
 from components.dit.train_config import StageConfig
 from components.dit.train_export import finish
@@ -74,23 +74,23 @@ def train_dit(stage: int, data: str, out: str, init: str | None = None, preset: 
     if stage > 1 and init is None:
         raise ValueError(f"stage {stage} starts from stage {stage - 1}'s EMA weights: pass --init <stage-{stage - 1} "
                          "output folder>")
-    data_manifest = manifest.manifest_uri(stage_config.data or data)
-    if not storage.exists(data_manifest):
-        raise FileNotFoundError(f"--data: no latent manifest at {data_manifest} (written by `t2v dit encode`)")
+    latent_manifest, data_manifest, latent_root = read_latent_manifest(stage_config.data or data)
     ctx = distributed.setup(config.train.device, timeout_s=config.launch.timeout_s)
     try:
-        return _setup_and_fit(stage, config, stage_config, ctx, data_manifest, out, init, preset, parent_run_id)
+        return _setup_and_fit(stage, config, stage_config, ctx, (latent_manifest, data_manifest, latent_root), out, init,
+                              preset, parent_run_id)
     finally:
         distributed.teardown()
 
 
-def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ctx: Context, data_manifest: str,
-                   out: str, init: str | None, preset: str, parent_run_id: str | None) -> dict[str, Any]:
+def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ctx: Context,
+                   latents: tuple[dict[str, Any], str, str], out: str, init: str | None, preset: str,
+                   parent_run_id: str | None) -> dict[str, Any]:
+    latent_manifest, data_manifest, latent_root = latents
     inputs = {"data": stage.input_file(data_manifest)}
     handoff = read_init(init, number) if init else None
     if handoff:
         inputs["init"] = handoff.input_entry
-    latent_manifest = storage.read_json(data_manifest)
     buckets = select_buckets(latent_manifest, data_manifest, number, stage_config)
     loader = open_loader(data_manifest, buckets, config, stage_config, ctx)
     global_batches = {name: size * ctx.dp_size for name, size in loader.batch_sizes.items()}
@@ -135,7 +135,7 @@ def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ct
                     profiling.PeakMemory(ctx.device, interval=0.05) as memory:
                 loop.fit()
             seconds = time.perf_counter() - started
-            return finish(loop, preset, inputs, handoff, conditioning(latent_manifest, data_manifest), seconds,
+            return finish(loop, preset, inputs, handoff, conditioning(latent_manifest, data_manifest, latent_root), seconds,
                           loop.step - start_step, memory.peak, held)
 
 

@@ -86,14 +86,15 @@ def open_loader(data_manifest: str, buckets: list[str], config: DiTConfig, stage
     return open_latents(data_manifest, loader_config, rank=ctx.dp_rank, world_size=ctx.dp_size)
 
 
-def conditioning(latent_manifest: dict[str, Any], uri: str) -> dict[str, Any]:
-    """What the model was trained with, copied from the latent manifest: sampling decodes with this VAE and
-    scale factor, and encodes prompts with this text encoder (common interface of the DiT stages)."""
-    missing = [key for key in ("vae", "scale_factor", "text_encoder") if key not in latent_manifest]
-    if missing:
-        raise ValueError(f"{uri}: a latent manifest records {missing} (written by `t2v dit encode`)")
+def conditioning(latent_manifest: dict[str, Any], uri: str, root: str) -> dict[str, Any]:
+    """What the model was trained with, copied from the latent manifest (`uri`, of the latent folder `root`):
+    sampling decodes with this VAE and scale factor and encodes prompts with this text encoder, whose folder
+    URI is made absolute here (the latent manifest names it inside the latent folder)."""
+    encoder = dict(latent_manifest["text_encoder"])
+    if not (storage.is_s3(encoder["uri"]) or encoder["uri"].startswith("/")):
+        encoder["uri"] = storage.join(root, encoder["uri"])
     return {"vae": latent_manifest["vae"], "scale_factor": latent_manifest["scale_factor"],
-            "text_encoder": latent_manifest["text_encoder"], "latents": uri}
+            "text_encoder": encoder, "latents": uri}
 
 
 # Settings that do not change the trained weights: where and how often to log and checkpoint, loader

@@ -1,7 +1,9 @@
 """`train_dit`: the stage artifact, MLflow metrics and registered alias, skip when finished, and the handoff
 from stage k - 1's EMA weights (strict keys, lineage), in one process.
 
-Stages 1 and 2 of the tiny preset run once for the module (a few steps each) against a real MLflow server.
+Stages 1 and 2 of the tiny preset run once for the module (a few steps each) against a real MLflow server,
+on the latent folder that `t2v dit encode` makes of the data tests' clips (`cached_latents`): stage 1 trains
+on its 1x32x32 images (3), stage 2 on its 1x64x64 ones (3).
 """
 
 import json
@@ -16,22 +18,21 @@ from components.core.training import checkpoint
 from components.dit import load_dit
 from components.dit.train import train_dit
 from components.dit.train_export import REGISTERED_MODEL
-from tests.dit.latent_standin import patch_loader, write_latent_folder
+from tests.dit.latent_fixtures import SCALE_FACTOR
 
 FAST = ["train.stages.0.steps=6", "train.stages.1.steps=4", "train.checkpoint_every=3", "train.log_every=2"]
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def stages(tmp_path_factory, mlflow_server):
+def stages(tmp_path_factory, mlflow_server, cached_latents):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         patch.delenv("T2V_PARENT_RUN_ID", raising=False)
-        patch_loader(patch)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         root = tmp_path_factory.mktemp("dit-train")
-        data = write_latent_folder(root / "latents")
+        data = cached_latents[0]
         first = train_dit(1, str(data), str(root / "stage1"), overrides=FAST)
         second = train_dit(2, str(data), str(root / "stage2"), init=str(root / "stage1"),
                            overrides=[*FAST, "train.keep_checkpoints=3"])  # step 0 kept for the handoff test
@@ -40,10 +41,9 @@ def stages(tmp_path_factory, mlflow_server):
 
 
 @pytest.fixture(autouse=True)
-def _standin(monkeypatch, mlflow_server):
+def _tracking(monkeypatch, mlflow_server):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.delenv("T2V_PARENT_RUN_ID", raising=False)
-    patch_loader(monkeypatch)
 
 
 def test_a_stage_writes_a_self_describing_folder(stages):
@@ -56,11 +56,13 @@ def test_a_stage_writes_a_self_describing_folder(stages):
         assert storage.sha256_file(out / name) == entry["sha256"], name
     assert {f"model/{WEIGHTS}", "model/config.json", f"model_ema/{WEIGHTS}", "model_ema/config.json",
             "conditioning.json", "metrics.json"} <= set(written["files"])
-    # conditioning.json: what sampling needs, copied from the latent manifest.
+    # conditioning.json: what sampling needs, copied from the latent manifest (the encoder's folder absolute).
     latent_manifest = json.loads((data / "manifest.json").read_text())
-    assert json.loads((out / "conditioning.json").read_text()) == {
-        "vae": latent_manifest["vae"], "scale_factor": latent_manifest["scale_factor"],
-        "text_encoder": latent_manifest["text_encoder"], "latents": str(data / "manifest.json")}
+    conditioning = json.loads((out / "conditioning.json").read_text())
+    assert conditioning == {"vae": latent_manifest["vae"], "scale_factor": SCALE_FACTOR,
+                            "text_encoder": {**latent_manifest["text_encoder"], "uri": str(data / "text_encoder")},
+                            "latents": str(data / "manifest.json")}
+    assert (data / "text_encoder" / "config.json").is_file()
     # model_ema/ holds the EMA shadows of the final checkpoint, model/ the live weights; they differ.
     final = checkpoint.read(str(out / written["final_checkpoint"]))
     ema, live = load_file(out / "model_ema" / WEIGHTS), load_file(out / "model" / WEIGHTS)
@@ -70,7 +72,8 @@ def test_a_stage_writes_a_self_describing_folder(stages):
     assert load_dit(out).config.interpolation_scales == (1.0, 1.0, 1.0)
     # Checkpoints pruned to the last K (keep 2 of 0, 3, 6); the manifest came last.
     assert [step for step, _ in checkpoint.list_checkpoints(out)] == [3, 6]
-    assert written["metrics"]["bucket_samples"] == {"1x32x32": 6 * 8}  # 32 tokens / 4 per image = 8 a step
+    # 32 tokens / 4 per image would be 8 images a step; the bucket holds 3, so the batch shrinks to them.
+    assert written["metrics"]["bucket_samples"] == {"1x32x32": 6 * 3}
 
 
 def test_a_stage_logs_losses_rates_and_registers_its_ema_weights(stages):
@@ -82,7 +85,7 @@ def test_a_stage_logs_losses_rates_and_registers_its_ema_weights(stages):
     assert expected <= set(run["metrics"]) and any(m.startswith("train/loss_t_q") for m in run["metrics"])
     assert [step for step, _ in tracking.metric_history(run["run_id"], "train/loss")] == [2, 4, 6]
     assert run["metrics"]["train/lr"] == pytest.approx(5e-4) and run["metrics"]["train/tokens_per_s"] > 0
-    assert run["metrics"]["data/samples_1x32x32"] == 48
+    assert run["metrics"]["data/samples_1x32x32"] == 18
     for number, result in ((1, first), (2, second)):
         version = tracking.model_version_by_alias(REGISTERED_MODEL, f"stage{number}")
         assert version["run_id"] == result["mlflow_run_id"] and version["source"].endswith("/model_ema")
@@ -120,7 +123,7 @@ def test_stage_two_starts_from_stage_one_ema_with_fresh_optimizer_and_lineage(st
     run = tracking.get_run(second["mlflow_run_id"])
     assert run["tags"]["lineage.init_run_id"] == first["mlflow_run_id"]
     assert run["tags"]["lineage.init_manifest_sha256"] == written["inputs"]["init"]["sha256"]
-    assert written["metrics"]["bucket_samples"].keys() == {"1x48x64", "1x64x64"}
+    assert written["metrics"]["bucket_samples"] == {"1x64x64": 4 * 3}
 
 
 def test_handoff_fails_naming_a_missing_or_unexpected_key(stages, tmp_path):

@@ -1,9 +1,10 @@
 """DiT training across processes: 2 ranks (torchrun, gloo, FSDP2) against 1 process over the same global
 batch, exact resume after a SIGKILL from outside, and a checkpoint of 2 ranks resumed by 1.
 
-Every run is its own process (single-threaded, CPU fp32) with the stand-in latent loader, on stage 1 with
-all buckets (images and video, RoPE scales (1, 2, 2)), 12 steps, checkpoints every 4. Each bucket's batch
-is capped by max_batch_size (2 per rank on 2 ranks, 4 on 1), so both runs see the same global batches.
+Every run is its own process (single-threaded, CPU fp32) on the latent folder `t2v dit encode` makes of the
+data tests' clips (`cached_latents`), stage 1 widened to images and video (1x32x32, 1x64x64, 9x32x32, 9x48x80;
+RoPE scales (1, 2, 2)), 12 steps (3 epochs of 4), checkpoints every 4. Each bucket's batch is capped by
+max_batch_size (1 per rank on 2 ranks, 2 on 1), so both runs see the same global batches of 2.
 
 Tolerance: as in the VAE's test (tests/vae/test_train_distributed.py), AdamW turns float summation noise on
 near-zero gradients into lr-sized updates of either sign, so the runs compared across world sizes train at
@@ -24,16 +25,15 @@ import torch
 
 from components.core import manifest, tracking
 from components.core.training import checkpoint
-from tests.dit.latent_standin import write_latent_folder
 from tests.killing import kill_when_file_appears
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, CHECKPOINT_EVERY = 12, 4
-OVERRIDES = ["train.stages.0.max_pixels=null", "train.stages.0.max_frames=17", "train.stages.0.interpolation_scales=[1,2,2]",
+OVERRIDES = ["train.stages.0.buckets=[1x32x32,1x64x64,9x32x32,9x48x80]", "train.stages.0.interpolation_scales=[1,2,2]",
              f"train.stages.0.steps={STEPS}", f"train.checkpoint_every={CHECKPOINT_EVERY}", "train.log_every=2",
              "train.stages.0.lr=1e-8", "train.ema_decay=0.5", "launch.timeout_s=60"]
-PER_RANK = {1: ["train.stages.0.batch_tokens=320", "train.stages.0.max_batch_size=4"],
-            2: ["train.stages.0.batch_tokens=160", "train.stages.0.max_batch_size=2"]}
+PER_RANK = {1: ["train.stages.0.batch_tokens=320", "train.stages.0.max_batch_size=2"],
+            2: ["train.stages.0.batch_tokens=160", "train.stages.0.max_batch_size=1"]}
 
 
 def _start(data: Path, out: Path, home: Path, log: Path, processes: int) -> subprocess.Popen:
@@ -43,7 +43,7 @@ def _start(data: Path, out: Path, home: Path, log: Path, processes: int) -> subp
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
                 if processes > 1 else [sys.executable])
     with open(log, "w") as handle:  # a file, not a pipe: a full pipe would stall the trainer
-        return subprocess.Popen([*launcher, "-m", "tests.dit.standin_train", "1", str(data), str(out), *OVERRIDES,
+        return subprocess.Popen([*launcher, "-m", "tests.dit.train_job", "1", str(data), str(out), *OVERRIDES,
                                  *PER_RANK[processes]], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
@@ -72,10 +72,10 @@ def _losses(out: Path, home: Path, monkeypatch) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, cached_latents):
     """One run on 1 process and one on 2, to the end: the references of every test here."""
     root = tmp_path_factory.mktemp("dit-dist")
-    data, home = write_latent_folder(root / "latents"), root / "home"
+    data, home = cached_latents[0], root / "home"
     _train(data, root / "one", home, processes=1)
     _train(data, root / "two", home, processes=2)
     return data, home, root
@@ -85,7 +85,7 @@ def test_two_processes_match_one_process_with_the_global_batch(runs, monkeypatch
     data, home, root = runs
     one, two = _final(root / "one"), _final(root / "two")
     _assert_weights(two, one, atol=1e-6)
-    assert two["bucket_samples"] == one["bucket_samples"] and len(one["bucket_samples"]) == 8
+    assert two["bucket_samples"] == one["bucket_samples"] == {name: 6 for name in ("1x32x32", "1x64x64", "9x32x32", "9x48x80")}
     losses_one, losses_two = _losses(root / "one", home, monkeypatch), _losses(root / "two", home, monkeypatch)
     assert [step for step, _ in losses_one] == [step for step, _ in losses_two] == list(range(2, STEPS + 1, 2))
     for (_, a), (_, b) in zip(losses_one, losses_two, strict=True):
