@@ -1,9 +1,10 @@
 """DiT training across processes: 2 ranks (torchrun, gloo, FSDP2) against 1 process over the same global
 batch, exact resume after a SIGKILL from outside, and a checkpoint of 2 ranks resumed by 1.
 
-Every run is its own process (single-threaded, CPU fp32) on the latent folder `t2v dit encode` makes of the
-data tests' clips (`cached_latents`), stage 1 widened to images and video (1x32x32, 1x64x64, 9x32x32, 9x48x80;
-RoPE scales (1, 2, 2)), 12 steps (3 epochs of 4), checkpoints every 4. Each bucket's batch is capped by
+Every run is its own `t2v dit train` (`python -m components.dit train`, or each rank under torchrun;
+single-threaded, CPU fp32) on the latent folder `t2v dit encode` makes of the data tests' clips
+(`cached_latents`), stage 1 widened to images and video (1x32x32, 1x64x64, 9x32x32, 9x48x80; RoPE scales
+(1, 2, 2)), 12 steps (3 epochs of 4), checkpoints every 4. Each bucket's batch is capped by
 max_batch_size (1 per rank on 2 ranks, 2 on 1), so both runs see the same global batches of 2.
 
 Tolerance: as in the VAE's test (tests/vae/test_train_distributed.py), AdamW turns float summation noise on
@@ -43,9 +44,9 @@ def _start(data: Path, out: Path, home: Path, log: Path, processes: int) -> subp
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
                 if processes > 1 else [sys.executable])
     with open(log, "w") as handle:  # a file, not a pipe: a full pipe would stall the trainer
-        return subprocess.Popen([*launcher, "-m", "tests.dit.train_job", "1", str(data), str(out), *OVERRIDES,
-                                 *PER_RANK[processes]], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen([*launcher, "-m", "components.dit", "train", "--stage", "1", "--data", str(data),
+                                 "--out", str(out), *(f"--set={o}" for o in [*OVERRIDES, *PER_RANK[processes]])],
+                                cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _train(data: Path, out: Path, home: Path, processes: int, log: Path | None = None) -> None:
