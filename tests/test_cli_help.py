@@ -43,6 +43,7 @@ def test_every_config_command_shows_an_example():
         if "--set KEY=VALUE" in text:
             assert path in shown, f"{path} --help takes --set but shows no example"
     assert "t2v pipeline run" in shown and "t2v vae train" in shown and "t2v data shard" in shown
+    assert "t2v dit train" in shown
 
 
 @pytest.mark.parametrize("path, group, example", EXAMPLES, ids=[f"{p}:{e}" for p, _, e in EXAMPLES])

@@ -58,13 +58,25 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         keys, value = parse_override(text)
         node = merged
         for depth, key in enumerate(keys[:-1]):
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
+            child = _item(node, key, text, keys[:depth]) if isinstance(node, list) else node.setdefault(key, {})
+            if not isinstance(child, dict | list):
                 where = ".".join(keys[: depth + 1])
                 raise ConfigError(f"override '{text}' (from --set): '{where}' is a value, not a group")
             node = child
-        node[keys[-1]] = value
+        if isinstance(node, list):
+            _item(node, keys[-1], text, keys[:-1])
+            node[int(keys[-1])] = value
+        else:
+            node[keys[-1]] = value
     return merged
+
+
+def _item(items: list[Any], key: str, text: str, where: list[str]) -> Any:
+    """A list entry named by its index in a dotted key, e.g. `train.stages.0.steps`."""
+    if not key.isdigit() or int(key) >= len(items):
+        raise ConfigError(f"override '{text}' (from --set): '{'.'.join(where)}' is a list of {len(items)}; "
+                          f"'{key}' is not an index in it")
+    return items[int(key)]
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -29,14 +29,25 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
+from pydantic import Field
 from torch import nn
 
 from components.core import runtime
+from components.core.config import StrictModel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0
 _BACKENDS = {"cuda": "nccl", "npu": "hccl"}
+
+
+class LaunchConfig(StrictModel):
+    """How many processes a training stage runs (`t2v` flows start `torchrun` when more than one): the
+    `launch` group of every component that trains."""
+
+    nproc_per_node: int = Field(1, ge=1)
+    # A collective that waits longer than this fails the job (a dead or hung peer), instead of hanging.
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
 
 
 @dataclass(frozen=True)

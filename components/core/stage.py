@@ -42,6 +42,16 @@ def finished(out: str | Path, stage_hash: str, inputs: dict[str, dict[str, str]]
     return done
 
 
+def check_unchanged(folder: str | Path, stage_manifest: dict[str, Any], prefix: str) -> None:
+    """The files under `prefix` of a finished output still match the sha256s in its manifest (looked up by
+    name inside `folder`: the folder may have moved); a ValueError names the first that does not."""
+    for name, entry in stage_manifest["files"].items():
+        uri = storage.join(folder, name)
+        if name.startswith(prefix) and storage.sha256_bytes(storage.read_bytes(uri)) != entry["sha256"]:
+            raise ValueError(f"{uri} does not match the sha256 in its manifest.json (changed after its stage "
+                             "finished); re-run that stage or restore the file")
+
+
 def file_entry(uri: str) -> dict[str, Any]:
     """A manifest file entry of a file already in the store."""
     data = storage.read_bytes(uri)

@@ -293,6 +293,16 @@ def model_version(name: str, version: str) -> dict[str, Any]:
             "tags": dict(found.tags)}
 
 
+def set_model_alias(name: str, alias: str, version: str) -> None:
+    """Point alias `alias` of model `name` (e.g. `stage5`) at `version`, moving it from any older version."""
+    _client().set_registered_model_alias(name, alias, str(version))
+
+
+def model_version_by_alias(name: str, alias: str) -> dict[str, Any]:
+    """`model_version` of the version that alias `alias` of model `name` points at."""
+    return model_version(name, str(_client().get_model_version_by_alias(name, alias).version))
+
+
 def run_url(run: Run) -> str | None:
     """Link to the run in the MLflow UI when tracking goes to a server."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")

@@ -14,7 +14,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel, load_config
+from components.core.distributed import LaunchConfig
+from components.dit.encode_config import EncodeConfig
 from components.dit.text import TextEncoderConfig
+from components.dit.train_config import TrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -137,6 +140,9 @@ class DiTConfig(StrictModel):
     latent: LatentConfig = LatentConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    encode: EncodeConfig = EncodeConfig()
+    train: TrainConfig = TrainConfig()
+    launch: LaunchConfig = LaunchConfig()
 
     @model_validator(mode="after")
     def _text_width_matches(self) -> DiTConfig:

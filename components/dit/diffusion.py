@@ -19,6 +19,24 @@ from diffusers.training_utils import compute_snr
 from components.dit.config import DiffusionConfig
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The rows [start, start + B) of a global batch of `total` samples that a call holds. Every random draw
+    is made for the whole global batch and sliced, so a sample's noise, timestep and caption dropout do not
+    depend on how the batch is split over data-parallel ranks (each rank's generator stays in step)."""
+
+    start: int
+    total: int
+
+
+def draw(kind: str, shape: tuple[int, ...], generator: torch.Generator, rows: Rows | None) -> torch.Tensor:
+    """`torch.rand`/`randn` (`kind`) of `shape`, whose first dimension B is this call's rows of the global batch."""
+    total = shape[0] if rows is None else rows.total
+    start = 0 if rows is None else rows.start
+    values = getattr(torch, kind)((total, *shape[1:]), generator=generator, device=generator.device)
+    return values[start:start + shape[0]]
+
+
 def make_scheduler(config: DiffusionConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_start=config.beta_start,
                          beta_end=config.beta_end, beta_schedule=config.beta_schedule,
@@ -26,14 +44,15 @@ def make_scheduler(config: DiffusionConfig) -> DDPMScheduler:
 
 
 def drop_captions(text: torch.Tensor, text_mask: torch.Tensor, empty_text: torch.Tensor, empty_mask: torch.Tensor,
-                  probability: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  probability: float, generator: torch.Generator,
+                  rows: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each caption with the empty caption's embedding with `probability` (reference notes §3.2:
     the empty string, i.e. `</s>` and padding, not a null vector).
 
     text (B, L, C), text_mask (B, L); empty_text (L0, C) and empty_mask (L0,) are the encoded "".
     Both sides are padded with masked zeros to a common length."""
     batch, length, _ = text.shape
-    drop = torch.rand(batch, generator=generator, device=generator.device) < probability  # (B,)
+    drop = draw("rand", (batch,), generator, rows) < probability  # (B,)
     if not bool(drop.any()):
         return text, text_mask
     width = max(length, empty_text.shape[0])
@@ -61,17 +80,19 @@ class Loss:
 
 def diffusion_loss(model: torch.nn.Module, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                    scheduler: DDPMScheduler, config: DiffusionConfig, generator: torch.Generator,
-                   latent_mask: torch.Tensor | None = None) -> Loss:
+                   latent_mask: torch.Tensor | None = None, rows: Rows | None = None) -> Loss:
     """latents (B, C, T, H, W): clean latents already multiplied by the VAE's scale factor; text (B, L, C_text)
-    after caption dropout; latent_mask (B, T, H, W), 1 = valid. Returns the weighted loss (§3.1)."""
+    after caption dropout; latent_mask (B, T, H, W), 1 = valid; `rows`: where this batch sits in the global
+    batch (data parallel). Returns the weighted loss (§3.1)."""
     batch, channels = latents.shape[:2]
     device = latents.device
 
     def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+        return draw("randn", shape, generator, rows).to(device)
 
-    timesteps = torch.randint(0, config.num_train_timesteps, (batch,), generator=generator,
-                              device=generator.device).to(device)  # (B,)
+    total, start = (batch, 0) if rows is None else (rows.total, rows.start)
+    timesteps = torch.randint(0, config.num_train_timesteps, (total,), generator=generator,
+                              device=generator.device)[start:start + batch].to(device)  # (B,)
     noise = randn(*latents.shape)
     if config.noise_offset:
         noise = noise + config.noise_offset * randn(batch, channels, 1, 1, 1)  # a DC offset per sample and channel

@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from components.core.config import StrictModel, load_config
-from components.vae.train_config import DataConfig, EvalConfig, LaunchConfig, TrainConfig
+from components.core.distributed import LaunchConfig
+from components.vae.train_config import DataConfig, EvalConfig, TrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 

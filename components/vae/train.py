@@ -41,13 +41,13 @@ from components.core.host_memory import reuse_freed_memory
 from components.core.training import checkpoint
 from components.core.training.ema import EMA
 from components.core.training.events import EventLog
-from components.core.training.run import training_run
+from components.core.training.run import result, training_run
 from components.vae import load_vae
 from components.vae.config import VAEConfig, load_vae_config
 from components.vae.discriminator import PatchDiscriminator3D
 from components.vae.losses import VAELoss
 from components.vae.model import CausalVAE
-from components.vae.train_export import finish, result
+from components.vae.train_export import finish
 from components.vae.train_inputs import STAGES, Handoff, open_loader, read_init, weights_hash
 from components.vae.train_loop import Loop
 from components.vae.train_step import Autoencoder, Parts

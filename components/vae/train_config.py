@@ -117,11 +117,3 @@ class EvalConfig(StrictModel):
         if resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8; got {resolution}")
         return resolution
-
-
-class LaunchConfig(StrictModel):
-    """How many processes a stage runs (`t2v` flows start `torchrun` when more than one)."""
-
-    nproc_per_node: int = Field(1, ge=1)
-    # A collective that waits longer than this fails the job (a dead or hung peer), instead of hanging.
-    timeout_s: float = Field(600.0, gt=0)

@@ -10,6 +10,7 @@ from typing import Any
 
 from components.core import distributed, lease, manifest, stage, storage, tracking
 from components.core.training import checkpoint
+from components.core.training.run import result
 from components.vae.official import save_vae
 from components.vae.train_inputs import STAGES, Handoff
 from components.vae.train_loop import Loop
@@ -62,8 +63,3 @@ def finish(loop: Loop, preset: str, inputs: dict[str, dict[str, str]], handoff: 
         stage.publish(out, written)
     return result(distributed.broadcast_object(written, ctx), skipped=False)
 
-
-def result(finished: dict[str, Any], skipped: bool) -> dict[str, Any]:
-    return {"out": finished["out"], "model": finished["model"], "stage": finished["stage"],
-            "steps": finished["steps"], "mlflow_run_id": finished["mlflow_run_id"],
-            "metrics": finished["metrics"], "skipped": skipped}

@@ -29,11 +29,10 @@ def read_init(init: str, phase: int) -> Handoff:
     from any VAE model folder (tail init)."""
     init_manifest = manifest.read_manifest(init)
     if init_manifest is not None and init_manifest.get("stage") == STAGES[1]:
-        for name, entry in init_manifest["files"].items():  # by name in `init`: the folder may have moved
-            uri = storage.join(init, name)
-            if name.startswith("model/") and storage.sha256_bytes(storage.read_bytes(uri)) != entry["sha256"]:
-                raise ValueError(f"--init {init}: {uri} does not match the sha256 in its manifest.json "
-                                 f"(changed after phase 1 finished); re-run phase 1 or restore the file")
+        try:
+            stage.check_unchanged(init, init_manifest, "model/")
+        except ValueError as exc:
+            raise ValueError(f"--init {init}: {exc}") from None
         final = storage.join(init, init_manifest["final_checkpoint"])
         reason = checkpoint.damage(final)
         if reason is not None:

@@ -70,3 +70,15 @@ def test_config_hash_is_stable_and_sensitive(presets):
     b = load_config(RootConfig, presets, "tiny")
     c = load_config(RootConfig, presets, "tiny", ["train.steps=11"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_override_into_a_list_entry_by_index(tmp_path):
+    from components.core.config import apply_overrides
+
+    raw = {"train": {"stages": [{"steps": 5}, {"steps": 6}]}}
+    assert apply_overrides(raw, ["train.stages.1.steps=2"]) == {"train": {"stages": [{"steps": 5}, {"steps": 2}]}}
+    assert apply_overrides({"sizes": [1, 2]}, ["sizes.0=7"]) == {"sizes": [7, 2]}
+    with pytest.raises(ConfigError, match="'train.stages' is a list of 2; '2' is not an index"):
+        apply_overrides(raw, ["train.stages.2.steps=2"])
+    with pytest.raises(ConfigError, match="'train.stages' is a list of 2; 'x' is not an index"):
+        apply_overrides(raw, ["train.stages.x=2"])

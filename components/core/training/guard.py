@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from components.core.distributed import Context, all_true
 
@@ -23,18 +24,26 @@ class BadStep(Exception):
     """A non-finite loss or gradient on some rank; the step was not applied."""
 
 
-def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, ctx: Context) -> None:
-    """Backward and optimizer step, unless the loss or the gradient norm is non-finite on any rank."""
+def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, ctx: Context,
+                 max_grad_norm: float | None = None) -> float:
+    """Backward and optimizer step, unless the loss or the gradient norm is non-finite on any rank. With
+    `max_grad_norm` the gradients are first scaled down to that total norm. Returns the norm before clipping."""
     if not all_true(bool(torch.isfinite(loss)), ctx):
         raise BadStep(f"non-finite loss {loss.item()} (on this or another rank)")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # DDP averages the gradients over the ranks here
+    loss.backward()  # DDP averages the gradients over the ranks here (FSDP2 reduce-scatters them)
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm(grads)
+    if isinstance(grad_norm, DTensor):  # FSDP2: the norm of this rank's shards, made whole over the ranks
+        grad_norm = grad_norm.full_tensor()
     if not all_true(bool(torch.isfinite(grad_norm)), ctx):
         optimizer.zero_grad(set_to_none=True)
         raise BadStep(f"non-finite gradient norm {grad_norm.item()} (on this or another rank)")
+    scale = 1.0 if max_grad_norm is None else min(1.0, max_grad_norm / (float(grad_norm) + 1e-6))  # torch's rule
+    if scale < 1.0:
+        torch._foreach_mul_(grads, scale)  # a Python float: sharded (DTensor) gradients take it as they are
     optimizer.step()
+    return float(grad_norm)
 
 
 @dataclass

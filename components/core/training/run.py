@@ -59,3 +59,10 @@ def training_run(ctx: Context, name: str, resume_run_id: str | None, parent_run_
         run.finish("FAILED")
         raise
     run.finish("FINISHED")
+
+
+def result(finished: Mapping[str, Any], skipped: bool) -> dict[str, Any]:
+    """What a trainer returns: the main fields of its finished manifest, and whether this call only found it."""
+    return {"out": finished["out"], "model": finished["model"], "stage": finished["stage"],
+            "steps": finished["steps"], "mlflow_run_id": finished["mlflow_run_id"],
+            "metrics": finished["metrics"], "skipped": skipped}

@@ -23,3 +23,15 @@ def test_ema_update_state_dict_round_trip_and_frozen_params_excluded():
     assert restored.decay == 0.5 and torch.equal(restored.shadow["0.weight"], ema.shadow["0.weight"])
     with pytest.raises(ValueError, match="does not match"):
         EMA(torch.nn.Linear(2, 2), 0.9).load_state_dict(ema.state_dict())
+
+
+def test_ema_warmup_follows_the_diffusers_rule():
+    """Reference notes §3.3: the first update copies, then min(decay, (1 + s) / (10 + s))."""
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999, warmup=True)
+    assert [ema.decay_at(s) for s in (0, 1, 10)] == [0.0, 2 / 11, 11 / 20]
+    assert ema.decay_at(100_000) == 0.999 and EMA(model, 0.999).decay_at(0) == 0.999
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, updates=0)
+    assert torch.equal(ema.shadow["weight"], model.weight)
