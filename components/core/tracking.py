@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -291,6 +292,38 @@ def model_version(name: str, version: str) -> dict[str, Any]:
     found = _client().get_model_version(name, str(version))
     return {"name": found.name, "version": str(found.version), "source": found.source, "run_id": found.run_id,
             "tags": dict(found.tags)}
+
+
+def set_model_alias(name: str, alias: str, version: str) -> None:
+    """Point alias `alias` of model `name` (e.g. `stage5`) at `version`, moving it from any older version."""
+    _client().set_registered_model_alias(name, alias, str(version))
+
+
+_MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))")
+
+
+def registered_version(uri: str) -> dict[str, Any]:
+    """`model_version` of `models:/<name>@<alias>` or `models:/<name>/<version>`; a ValueError names a URI
+    that is malformed or points at nothing."""
+    from mlflow.exceptions import MlflowException
+
+    match = _MODELS_URI.fullmatch(uri)
+    if not match:
+        raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    try:
+        version = match["version"] or _client().get_model_version_by_alias(match["name"], match["alias"]).version
+        return model_version(match["name"], str(version))
+    except MlflowException as exc:
+        raise ValueError(f"{uri}: no such registered model version ({exc.message})") from None
+
+
+def download_artifacts(artifact_uri: str, destination: str | Path) -> Path:
+    """Copy the artifacts at `artifact_uri` (`runs:/<run>/<path>`, `models:/…` or a store URI) into
+    `destination`; returns the local path of what was downloaded."""
+    from mlflow.artifacts import download_artifacts as mlflow_download
+
+    Path(destination).mkdir(parents=True, exist_ok=True)
+    return Path(mlflow_download(artifact_uri=artifact_uri, dst_path=str(destination), tracking_uri=tracking_uri()))
 
 
 def run_url(run: Run) -> str | None:
