@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
-from components.core.cli import run_command
+from components.core.cli import add_config_args, add_tracking_args, run_command
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -23,6 +24,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     info.add_argument("--height", type=int, default=480, help="clip height in pixels (default: 480)")
     info.add_argument("--width", type=int, default=640, help="clip width in pixels (default: 640)")
     _add_sample(commands)
+
+    encode = commands.add_parser(
+        "encode", help="precompute VAE latents and caption embeddings of a shard set for DiT training",
+        epilog="example: t2v dit encode --data runs/shards --vae runs/vae-phase2/model_ema --out runs/latents")
+    encode.add_argument("--data", required=True, help="shard manifest of `t2v data shard` (folder or manifest.json)")
+    encode.add_argument("--vae", required=True, help="VAE folder (ours or official v1.2), local or s3://")
+    encode.add_argument("--out", required=True, help="output folder or s3:// URI (skipped when already finished)")
+    add_config_args(encode, "encode.batch_size=4")
+    add_tracking_args(encode)
     return parser
 
 
@@ -83,4 +93,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                            negative_prompt=NEGATIVE_PROMPT if args.reference_negative_prompt else args.negative_prompt,
                            quality_tags=args.quality_tags, vae=args.vae, text_encoder=args.text_encoder,
                            weights=args.weights, device=args.device)
+    if args.command == "encode":
+        from components.dit.encode import encode_latents
+        from components.dit.preflight import check
+
+        preflight = functools.partial(check, args.preset, args.overrides, {"encode_latents"})
+        return run_command(encode_latents, preflight, data=args.data, vae=args.vae, out=args.out, preset=args.preset,
+                           overrides=args.overrides, parent_run_id=args.parent_run_id)
     raise AssertionError(args.command)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel, load_config
+from components.dit.encode_config import EncodeConfig
 from components.dit.text import TextEncoderConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -137,6 +138,7 @@ class DiTConfig(StrictModel):
     latent: LatentConfig = LatentConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    encode: EncodeConfig = EncodeConfig()
 
     @model_validator(mode="after")
     def _text_width_matches(self) -> DiTConfig:

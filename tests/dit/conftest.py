@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from components.dit.config import DiTModelConfig
+from tests.data.shard_fixtures import tracking_home  # noqa: F401
+from tests.dit.latent_fixtures import cached_latents, online_latents, source_shards, tiny_vae_folder  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +29,4 @@ def make_inputs(frames: int = 3, height: int = 8, width: int = 12, text_tokens: 
             "timestep": torch.tensor([5, 900]),
             "text": torch.randn(2, text_tokens, 16, generator=generator),
             "text_mask": text_mask}
+
