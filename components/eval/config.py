@@ -47,9 +47,9 @@ class ValLossConfig(StrictModel):
 
     enabled: bool = True
     num_timesteps: int = Field(10, ge=1)
-    seed: int = 0  # the noise of batch b is drawn from seed + b
-    batch_size: int = Field(4, ge=1)
-    max_batches: int | None = Field(8, ge=1)  # None: the whole held-out set
+    seed: int = 0  # the noise of held-out sample i is drawn from seed + i
+    max_samples: int | None = Field(64, ge=1)  # None: the whole held-out set
+    forward_batch: int = Field(16, ge=1)  # (sample, timestep) pairs per forward pass: memory, not results
 
 
 class ClipConfig(StrictModel):

@@ -14,12 +14,10 @@ VAL_FOLDER = "val"
 
 
 def manifest_of(data: str) -> str:
-    """The latent manifest URI of a latent folder (or of its manifest.json); ValueError when unfinished."""
-    uri = manifest.manifest_uri(data)
-    found = manifest.read_manifest(uri)
-    if found is None:
-        raise ValueError(f"--data {data}: no finished latent folder (no {manifest.MANIFEST_FILE}): run `t2v dit encode`")
-    return uri
+    """The latent manifest URI of a latent folder (or of its manifest.json); an error names what is wrong."""
+    from components.dit.latents import read_latent_manifest
+
+    return read_latent_manifest(data)[1]
 
 
 def _folder(latent_manifest: str) -> str:
@@ -34,22 +32,24 @@ def _val_manifest(latent_manifest: str) -> str:
     return uri
 
 
-def _batches(manifest_uri: str, batch_size: int) -> Iterator[dict[str, Any]]:
-    """One pass over a latent manifest, in the loader's schedule order (epoch 0)."""
-    from components.dit.latents import open_latents
+def _samples(manifest_uri: str) -> Iterator[dict[str, Any]]:
+    """Every sample of a latent manifest once, one per batch (no bucket remainder left out), in the order of
+    the loader's epoch-0 schedule with a fixed seed: the same samples in the same order on every run."""
+    from components.dit.latents import LoaderConfig, open_latents
 
-    yield from open_latents(manifest_uri, batch_size=batch_size)
+    yield from open_latents(manifest_uri, LoaderConfig(batch_tokens=1, max_batch_size=1, shuffle_shards=1, seed=0),
+                            rank=0, world_size=1)
 
 
 def training_captions(latent_manifest: str) -> list[str]:
-    """Every caption the DiT was trained on (the latent folder's train split)."""
-    return [caption for batch in _batches(latent_manifest, 16) for caption in batch["caption"]]
+    """The caption of every sample the DiT was trained on (the latent folder's train split)."""
+    return [caption for batch in _samples(latent_manifest) for caption in batch["caption"]]
 
 
 def validation_captions(latent_manifest: str, count: int) -> list[str]:
     """The first `count` distinct captions of the held-out set."""
     found: list[str] = []
-    for batch in _batches(_val_manifest(latent_manifest), 16):
+    for batch in _samples(_val_manifest(latent_manifest)):
         found += [c for c in batch["caption"] if c not in found]
         if len(found) >= count:
             break
@@ -66,9 +66,9 @@ def validation_loss(sampler, latent_manifest: str, config: ValLossConfig) -> dic
     val_manifest = _val_manifest(latent_manifest)
     scale_factor = float(storage.read_json(latent_manifest).get("scale_factor") or sampler.sources.scale_factor)
     result = loss_per_timestep(
-        sampler.dit, _batches(val_manifest, config.batch_size), scale_factor, make_scheduler(diffusion),
-        diffusion.prediction_type, fixed_timesteps(config.num_timesteps, diffusion.num_train_timesteps),
-        config.seed, config.max_batches)
+        sampler.dit, _samples(val_manifest), scale_factor, make_scheduler(diffusion), diffusion.prediction_type,
+        fixed_timesteps(config.num_timesteps, diffusion.num_train_timesteps), config.seed, config.max_samples,
+        config.forward_batch)
     return {**result, "data": val_manifest, "scale_factor": scale_factor, "seed": config.seed,
-            "protocol": "posterior mean x scale_factor; noise of batch b from seed + b, the same at every timestep; "
+            "protocol": "posterior mean x scale_factor; noise of sample i from seed + i, the same at every timestep; "
                         "no noise offset, no caption dropout; unweighted MSE of the training target"}

@@ -29,9 +29,10 @@ def fixed_timesteps(num_timesteps: int, num_train_timesteps: int) -> list[int]:
 @torch.inference_mode()
 def validation_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], scale_factor: float,
                     scheduler, prediction_type: str, timesteps: list[int], seed: int,
-                    max_batches: int | None = None) -> dict[str, Any]:
+                    max_batches: int | None = None, forward_batch: int = 16) -> dict[str, Any]:
     """Mean loss per timestep over `batches` (dicts with `latent_mean` (B, C, t, h, w), `text` (B, L, C),
     `text_mask` (B, L)); `scheduler` is the training schedule (`components.dit.diffusion.make_scheduler`).
+    Each sample is noised to every timestep; the model sees at most `forward_batch` of those at once.
 
     Returns {"timesteps", "loss" (per timestep), "mean" (over timesteps), "samples", "batches"}."""
     device = next(model.parameters()).device
@@ -44,15 +45,19 @@ def validation_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]]
         clean = batch["latent_mean"].float() * scale_factor  # (B, C, t, h, w)
         generator = torch.Generator().manual_seed(seed + index)
         noise = torch.randn(clean.shape, generator=generator)  # (B, C, t, h, w), on the CPU: device-independent
-        text = batch["text"].to(device, dtype)
-        text_mask = batch["text_mask"].to(device)
-        size = clean.shape[0]
-        for column, step in enumerate(timesteps):
-            t = torch.full((size,), step, dtype=torch.long)
-            noisy = scheduler.add_noise(clean, noise, t)
-            target = noise if prediction_type == "epsilon" else scheduler.get_velocity(clean, noise, t)
-            prediction = model(noisy.to(device, dtype), t.to(device), text, text_mask).float().cpu()
-            sums[column] += float((prediction - target).square().flatten(1).mean(1).sum())
+        size, count = clean.shape[0], len(timesteps)
+        # Every (sample, timestep) pair, sample-major: row r is sample r // count at timesteps[r % count].
+        rows = torch.arange(size).repeat_interleave(count)  # (B·K,)
+        steps = torch.tensor(timesteps, dtype=torch.long).repeat(size)  # (B·K,)
+        errors = torch.empty(size * count)
+        for start in range(0, size * count, forward_batch):
+            row, t = rows[start:start + forward_batch], steps[start:start + forward_batch]
+            noisy = scheduler.add_noise(clean[row], noise[row], t)
+            target = noise[row] if prediction_type == "epsilon" else scheduler.get_velocity(clean[row], noise[row], t)
+            prediction = model(noisy.to(device, dtype), t.to(device), batch["text"][row].to(device, dtype),
+                               batch["text_mask"][row].to(device)).float().cpu()
+            errors[start:start + len(row)] = (prediction - target).square().flatten(1).mean(1)
+        sums += errors.view(size, count).sum(0).double().numpy()
         samples += size
         batches_seen += 1
     if samples == 0:

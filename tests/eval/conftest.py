@@ -32,3 +32,7 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, np.
     truth = json.loads((folder / "synth" / "ground_truth.json").read_text())
     return [(entry["cap"], decode_video(Path(folder / "synth" / entry["path"]).read_bytes()),
              truth[entry["path"]]["defect"]) for entry in annotations]
+
+
+from tests.data.shard_fixtures import tracking_home  # noqa: E402,F401
+from tests.dit.latent_fixtures import cached_latents, source_shards, tiny_vae_folder  # noqa: E402,F401

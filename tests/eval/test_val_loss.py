@@ -53,6 +53,8 @@ def test_fixed_noise_makes_the_loss_reproducible_and_exact():
     assert zeros["samples"] == 6 and zeros["batches"] == 3
     assert zeros == validation_loss(_Zeros(), _batches(), 0.5, scheduler, "epsilon", steps, seed=0)
     assert zeros != validation_loss(_Zeros(), _batches(), 0.5, scheduler, "epsilon", steps, seed=1)
+    one_at_a_time = validation_loss(_Zeros(), _batches(), 0.5, scheduler, "epsilon", steps, seed=0, forward_batch=1)
+    assert one_at_a_time["loss"] == pytest.approx(zeros["loss"], rel=1e-6)
     oracle = validation_loss(_Oracle(scheduler), _batches(clean="zero"), 0.5, scheduler, "epsilon", steps, seed=0)
     assert max(oracle["loss"]) < 1e-8
     assert validation_loss(_Zeros(), _batches(), 0.5, scheduler, "epsilon", steps, seed=0,
