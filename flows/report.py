@@ -9,7 +9,9 @@ from components.core import storage, tracking
 
 # Metrics worth a glance in the table; the full set is in each stage's MLflow run.
 KEY_METRICS = ("num_clips", "num_good", "num_entries", "num_kept", "samples", "shards", "psnr_mean",
-               "final/steps", "train/rec", "train/lpips", "train/kl", "eval/psnr", "eval/ssim", "eval/lpips")
+               "final/steps", "train/rec", "train/lpips", "train/kl", "eval/psnr", "eval/ssim", "eval/lpips",
+               "eval/adherence/background", "eval/adherence/colour", "eval/adherence/direction", "eval/val_loss/mean",
+               "eval/clip_score")
 
 
 def _metrics(metrics: dict[str, float], notes: dict[str, str]) -> str:

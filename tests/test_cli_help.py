@@ -63,7 +63,7 @@ def test_presets_named_in_help_exist():
     from components.core.config import preset_path
 
     for group, text in HELP.values():
-        if group in ("data", "vae") and "(tiny, v1.2)" in text:
+        if group in ("data", "vae", "eval") and "(tiny, v1.2)" in text:
             folder = importlib.import_module(f"components.{group}.config").PRESETS_DIR
             for preset in ("tiny", "v1.2"):
                 preset_path(folder, preset)  # raises when missing
@@ -73,3 +73,14 @@ def test_top_level_usage_names_every_group():
     text = usage()
     for group in GROUPS:
         assert f"  {group} " in text
+
+
+def test_dit_eval_is_routed_to_the_eval_component(capsys):
+    """`t2v dit eval` lives in components.eval (dit must not import eval): the dispatcher routes it."""
+    from components.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["dit", "eval", "--help"])
+    assert exited.value.code == 0
+    assert "--dit DIT" in capsys.readouterr().out
+    assert "t2v dit eval … runs t2v eval dit …" in usage()

@@ -76,10 +76,8 @@ def save_reconstruction_grid(original: torch.Tensor, reconstruction: torch.Tenso
 
 def save_side_by_side_video(original: torch.Tensor, reconstruction: torch.Tensor, path: str | Path,
                             fps: float = 8.0) -> Path:
-    """H.264 mp4 (PyAV; OpenCV's wheel cannot write H.264) of the clips one after another, input | output
-    side by side under a caption with the clip's PSNR."""
-    import av
-
+    """H.264 mp4 (`write_mp4`) of the clips one after another, input | output side by side under a caption
+    with the clip's PSNR."""
     pairs = side_by_side(original, reconstruction)  # (B, T, H, 2W, 3)
     half = pairs.shape[3] // 2
     labelled = []
@@ -88,14 +86,23 @@ def save_side_by_side_video(original: torch.Tensor, reconstruction: torch.Tensor
         header = np.concatenate([_band(LABEL_HEIGHT, half, "input"), _band(LABEL_HEIGHT, half, "output")], axis=1)
         caption = _band(LABEL_HEIGHT, 2 * half, f"PSNR {clip_db:.2f} dB")
         labelled += [np.concatenate([caption, header, frame], axis=0) for frame in clip]
-    frames = np.stack(labelled)  # (B·T, 2·LABEL_HEIGHT + H, 2W, 3)
-    height, width = frames.shape[1] - frames.shape[1] % 2, frames.shape[2] - frames.shape[2] % 2  # yuv420p
+    return write_mp4(np.stack(labelled), path, fps)  # (B·T, 2·LABEL_HEIGHT + H, 2W, 3)
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 24.0, crf: int = 18) -> Path:
+    """Frames (T, H, W, 3) uint8 RGB as an H.264 mp4 (PyAV; OpenCV's wheel cannot write H.264). yuv420p
+    needs even sizes: an odd last row or column is dropped. The same frames give the same file."""
+    import av
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    height, width = frames.shape[1] - frames.shape[1] % 2, frames.shape[2] - frames.shape[2] % 2
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "18"}
+        stream.options = {"crf": str(crf), "threads": "1"}  # one thread: the encoder's output is then fixed
         for frame in frames:
             packet_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:height, :width]), format="rgb24")
             container.mux(stream.encode(packet_frame))

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -298,9 +299,31 @@ def set_model_alias(name: str, alias: str, version: str) -> None:
     _client().set_registered_model_alias(name, alias, str(version))
 
 
-def model_version_by_alias(name: str, alias: str) -> dict[str, Any]:
-    """`model_version` of the version that alias `alias` of model `name` points at."""
-    return model_version(name, str(_client().get_model_version_by_alias(name, alias).version))
+_MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))")
+
+
+def registered_version(uri: str) -> dict[str, Any]:
+    """`model_version` of `models:/<name>@<alias>` or `models:/<name>/<version>`; a ValueError names a URI
+    that is malformed or points at nothing."""
+    from mlflow.exceptions import MlflowException
+
+    match = _MODELS_URI.fullmatch(uri)
+    if not match:
+        raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    try:
+        version = match["version"] or _client().get_model_version_by_alias(match["name"], match["alias"]).version
+        return model_version(match["name"], str(version))
+    except MlflowException as exc:
+        raise ValueError(f"{uri}: no such registered model version ({exc.message})") from None
+
+
+def download_artifacts(artifact_uri: str, destination: str | Path) -> Path:
+    """Copy the artifacts at `artifact_uri` (`runs:/<run>/<path>`, `models:/…` or a store URI) into
+    `destination`; returns the local path of what was downloaded."""
+    from mlflow.artifacts import download_artifacts as mlflow_download
+
+    Path(destination).mkdir(parents=True, exist_ok=True)
+    return Path(mlflow_download(artifact_uri=artifact_uri, dst_path=str(destination), tracking_uri=tracking_uri()))
 
 
 def run_url(run: Run) -> str | None:

@@ -4,7 +4,8 @@ Schedulers come from diffusers, built on the training schedule (`DiffusionConfig
 default as the reference recommends, DPM-Solver++ multistep and DDIM (clip_sample off) as options.
 Classifier-free guidance runs the negative and positive captions as one batch: eps = eps_u + g (eps_c -
 eps_u), skipped when g <= 1. All noise is drawn on the CPU from the caller's generator, so the same seed
-gives the same latents on any device.
+gives the same latents on any device; with one generator per sample, a sample's noise does not depend on
+what else is in its batch.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestral
 from components.dit.config import DiffusionConfig
 
 SchedulerName = Literal["euler_ancestral", "dpm_solver", "ddim"]
-_SCHEDULERS = {"euler_ancestral": EulerAncestralDiscreteScheduler, "dpm_solver": DPMSolverMultistepScheduler,
+SCHEDULERS = {"euler_ancestral": EulerAncestralDiscreteScheduler, "dpm_solver": DPMSolverMultistepScheduler,
                "ddim": DDIMScheduler}
 
 
 def make_sampling_scheduler(name: SchedulerName, diffusion: DiffusionConfig):
-    if name not in _SCHEDULERS:
-        raise ValueError(f"unknown scheduler '{name}': use one of {', '.join(_SCHEDULERS)}")
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler '{name}': use one of {', '.join(SCHEDULERS)}")
     options = {"clip_sample": False} if name == "ddim" else {}
-    return _SCHEDULERS[name](num_train_timesteps=diffusion.num_train_timesteps, beta_start=diffusion.beta_start,
+    return SCHEDULERS[name](num_train_timesteps=diffusion.num_train_timesteps, beta_start=diffusion.beta_start,
                              beta_end=diffusion.beta_end, beta_schedule=diffusion.beta_schedule,
                              prediction_type=diffusion.prediction_type, **options)
 
@@ -43,13 +44,13 @@ def pad_captions(texts: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[
 
 @torch.inference_mode()
 def denoise(model: torch.nn.Module, text: torch.Tensor, text_mask: torch.Tensor, latent_shape: tuple[int, ...],
-            scheduler, steps: int, generator: torch.Generator, guidance: float = 1.0,
+            scheduler, steps: int, generator: torch.Generator | list[torch.Generator], guidance: float = 1.0,
             negative_text: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sample latents (B, C, T, H, W) for captions text (B, L, C_text) / text_mask (B, L).
 
     With guidance > 1, negative_text (B, L', C_text) and negative_mask (B, L') are the unconditional side
     (the empty caption or a negative prompt). Returns unscaled model latents (divide by the VAE's scale
-    factor before decoding)."""
+    factor before decoding). `generator` is one CPU generator, or one per sample."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     device, dtype = text.device, next(model.parameters()).dtype
@@ -60,7 +61,12 @@ def denoise(model: torch.nn.Module, text: torch.Tensor, text_mask: torch.Tensor,
             raise ValueError("guidance > 1 needs the negative (or empty) caption's embedding")
         text, text_mask = pad_captions([*negative_text, *text], [*negative_mask, *text_mask])
     scheduler.set_timesteps(steps, device=device)
-    noise = torch.randn((batch, *latent_shape), generator=generator, device=generator.device)
+    if isinstance(generator, list):
+        if len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for a batch of {batch}")
+        noise = torch.cat([torch.randn((1, *latent_shape), generator=one) for one in generator])
+    else:
+        noise = torch.randn((batch, *latent_shape), generator=generator)
     latents = noise.to(device, torch.float32) * scheduler.init_noise_sigma
     for timestep in scheduler.timesteps:
         model_input = torch.cat([latents, latents]) if guided else latents

@@ -33,6 +33,21 @@ def load_vae(path_or_uri: str | Path, weights: Literal["ema", "model"] = "ema"):
     return _load_local(Path(storage.local_dir(uri)), weights)
 
 
+def read_vae_config(path_or_uri: str | Path):
+    """The architecture (`VAEModelConfig`: compression, latent channels, scale factor) of a VAE folder, ours
+    or official, from its config.json alone (nothing else is read)."""
+    from components.vae import official
+    from components.vae.config import VAEModelConfig
+
+    config_uri = storage.join(str(path_or_uri), model_folder.CONFIG_FILE)
+    if not storage.exists(config_uri):
+        raise FileNotFoundError(f"{path_or_uri}: not a VAE folder (no {model_folder.CONFIG_FILE})")
+    raw = storage.read_json(config_uri)
+    if official.is_our_format(raw):
+        return VAEModelConfig.model_validate(raw.get("model"))
+    return official.official_to_config(raw, source=config_uri)
+
+
 def _load_local(folder: Path, weights: Literal["ema", "model"]):
     from components.vae import official
 

@@ -87,7 +87,7 @@ def test_a_stage_logs_losses_rates_and_registers_its_ema_weights(stages):
     assert run["metrics"]["train/lr"] == pytest.approx(5e-4) and run["metrics"]["train/tokens_per_s"] > 0
     assert run["metrics"]["data/samples_1x32x32"] == 18
     for number, result in ((1, first), (2, second)):
-        version = tracking.model_version_by_alias(REGISTERED_MODEL, f"stage{number}")
+        version = tracking.registered_version(f"models:/{REGISTERED_MODEL}@stage{number}")
         assert version["run_id"] == result["mlflow_run_id"] and version["source"].endswith("/model_ema")
         assert manifest.read_manifest(result["out"])["registered_model"]["version"] == version["version"]
     assert "model_ema/config.json" in tracking.list_artifacts(first["mlflow_run_id"], "model_ema")
