@@ -112,7 +112,7 @@ def dit_eval(run_root: str, preset: str = "tiny", overrides: list[str] | None = 
              parent_run_id: str | None = None) -> dict[str, Any]:
     """Samples of the last DiT stage scored against their prompts, and validation loss, into `run_root/dit-eval`."""
     result = run_stage("dit-eval", run_root, preset, overrides, parent_run_id)
-    report_uri = result["outputs"]["report.md"]
+    report_uri = result["outputs"]["summary.md"]
     create_markdown_artifact(markdown=storage.read_text(report_uri), key="t2v-dit-eval",
                              description="DiT evaluation: prompt adherence and validation loss")
     return result

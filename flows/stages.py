@@ -132,7 +132,7 @@ STAGES: tuple[Stage, ...] = (
     *(Stage(f"dit-stage{n}", "dit", "components.dit.train:train_dit", _dit_stage(n), extra={"stage": n},
             outputs=("model_ema/diffusion_pytorch_model.safetensors",), **_DIT_TRAIN)
       for n in range(1, DIT_STAGES + 1)),
-    Stage("dit-eval", "eval", "components.eval.dit:evaluate_dit", _dit_eval, outputs=("metrics.json", "report.md")),
+    Stage("dit-eval", "eval", "components.eval.dit:evaluate_dit", _dit_eval, outputs=("metrics.json", "summary.md")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
