@@ -1,9 +1,10 @@
 """The tiny pipeline end to end, the way it runs in production: deployments from prefect.yaml on a
 real Prefect server, run by a process worker; MLflow server for tracking; S3 (moto) as artifact store.
 
-One pipeline run is shared by the assertions; a second run must skip every stage; a third, killed
-during VAE training, resumes with each stage in a flow run (process) of its own and must end with the
-same VAE weights as the uninterrupted run."""
+One pipeline run (data -> VAE -> latents -> five DiT stages -> DiT eval) is shared by the assertions; a
+second run must skip every stage; then the DiT stages from stage 3 on are run again, killed during stage 3
+and resumed with each stage in a flow run (process) of its own, and must end with the same DiT weights as
+the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from components.core import manifest, storage, tracking
 from components.core.training.checkpoint import INDEX_FILE, checkpoint_uri, list_checkpoints
-from flows.stages import chain
+from flows.stages import DIT_STAGES, chain
 from tests.e2e.conftest import REPO, Stack
 from tests.killing import kill_when_file_appears
 from tests.servers import chromium
@@ -26,9 +27,12 @@ pytestmark = pytest.mark.slow
 # Tiny data and few steps (a checkpoint every 2 steps, so a kill after step 2 has one to resume from).
 VAE_OVERRIDES = ["vae.train.phase1.steps=4", "vae.train.phase2.steps=2", "vae.train.disc_start=2",
                  "vae.train.checkpoint_every=2", "vae.train.sample_every=1000", "vae.eval.max_clips=2"]
-PARAMETERS = {"num": 12, "seed": 3, "overrides": VAE_OVERRIDES}
-FINAL_WEIGHTS = "vae-phase2/model/model.safetensors"
+DIT_OVERRIDES = ["dit.train.checkpoint_every=2", *(f"dit.train.stages.{i}.steps=4" for i in range(DIT_STAGES))]
+EVAL_OVERRIDES = ["eval.prompts.count=4", "eval.sampling.steps=2", "eval.sampling.frames=9", "eval.report.grid_prompts=2"]
+PARAMETERS = {"num": 12, "seed": 3, "overrides": VAE_OVERRIDES + DIT_OVERRIDES + EVAL_OVERRIDES}
+FINAL_WEIGHTS = f"dit-stage{DIT_STAGES}/model_ema/diffusion_pytorch_model.safetensors"
 STAGES = [stage.name for stage in chain()]
+RERUN = STAGES[STAGES.index("dit-stage3"):]  # what the killed run runs again
 
 
 def _parent_runs(run_root: str) -> list[dict]:
@@ -98,6 +102,28 @@ def test_the_vae_is_registered_once_with_its_lineage(first_run, stack_env):
         assert tags[f"lineage.{name}_manifest_sha256"] == parent["tags"][f"manifest.{name}.sha256"]
 
 
+def test_each_dit_stage_is_registered_under_its_alias(first_run, stack_env):
+    (parent,) = _parent_runs(first_run)[:1]
+    runs = {child["name"]: child["run_id"] for child in tracking.child_runs(parent["run_id"])}
+    for number in range(1, DIT_STAGES + 1):
+        version = tracking.registered_version(f"models:/t2v-dit@stage{number}")
+        assert version["run_id"] == runs[f"dit-stage{number}"]
+        assert version["tags"]["lineage.pipeline_run_id"] == parent["run_id"]
+        if number > 1:  # the handoff: stage k starts from stage k - 1 (its manifest in the inputs)
+            inputs = storage.read_json(storage.join(first_run, f"dit-stage{number}", "manifest.json"))["inputs"]
+            previous = storage.read_bytes(storage.join(first_run, f"dit-stage{number - 1}", "manifest.json"))
+            assert inputs["init"]["sha256"] == storage.sha256_bytes(previous)
+
+
+def test_the_dit_eval_reports_adherence_and_validation_loss(first_run, stack_env):
+    metrics = storage.read_json(storage.join(first_run, "dit-eval", "metrics.json"))
+    assert set(metrics["adherence"]["accuracy"]) == {"background", "colour", "direction"}
+    assert len(metrics["val_loss"]["loss"]) == 10  # per fixed timestep
+    assert len(metrics["protocol"]["prompts"]) == 4
+    summary = storage.read_text(storage.join(first_run, "dit-eval", "summary.md"))
+    assert "Prompt adherence" in summary
+
+
 def test_prefect_report_artifact(first_run, stack_env):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -152,45 +178,46 @@ def test_second_run_skips_every_stage(first_run, stack: Stack, stack_env):
     assert "**skipped**" in storage.read_text(storage.join(first_run, "report.md"))
 
 
-def test_killed_during_vae_training_resumes_to_the_same_weights(first_run, stack: Stack, stack_env):
-    run_root = f"{stack.bucket}/crashed"
-    phase1 = f"{run_root}/vae-phase1"
-    # In-process run (`python -m flows run`), SIGKILLed by this test as soon as VAE phase 1's step-2
-    # checkpoint object is in the bucket: between two checkpoints, as the next one is the final step 4.
-    sets = [arg for override in VAE_OVERRIDES for arg in ("--set", override)]
+def test_killed_during_a_dit_stage_resumes_to_the_same_weights(first_run, stack: Stack, stack_env):
+    run_root = first_run
+    expected = storage.sha256_bytes(storage.read_bytes(f"{run_root}/{FINAL_WEIGHTS}"))
+    for name in RERUN:  # as if the first run had stopped after DiT stage 2
+        storage.delete_prefix(f"{run_root}/{name}/")
+    stage3 = f"{run_root}/dit-stage3"
+    # In-process run (`python -m flows run`), SIGKILLed by this test as soon as DiT stage 3's step-2
+    # checkpoint is in the bucket: between two checkpoints, as the next one is the final step 4.
+    sets = [arg for override in PARAMETERS["overrides"] for arg in ("--set", override)]
     log = stack.logs / "killed-run.log"
     with open(log, "w") as handle:
         proc = subprocess.Popen(
             [sys.executable, "-m", "flows", "run", "--run-root", run_root, "--num", str(PARAMETERS["num"]),
              "--seed", str(PARAMETERS["seed"]), *sets],
             cwd=REPO, env=stack.env, stdout=handle, stderr=subprocess.STDOUT)
-    kill_when_file_appears(proc, lambda: storage.exists(f"{checkpoint_uri(phase1, 2)}/{INDEX_FILE}"), timeout=600, log=log,
-                           poll_seconds=0.02)  # each poll is also an HTTP HEAD of a few ms
+    kill_when_file_appears(proc, lambda: storage.exists(f"{checkpoint_uri(stage3, 2)}/{INDEX_FILE}"), timeout=600,
+                           log=log, poll_seconds=0.02)  # each poll is also an HTTP HEAD of a few ms
     assert proc.returncode == -9, log.read_text()[-4000:]
-    found = [step for step, _ in list_checkpoints(phase1)]
-    assert 4 not in found, (
-        f"the kill landed after the final checkpoint ({found}): it must fall between steps 2 and 4")
-    assert manifest.read_manifest(phase1) is None
+    found = [step for step, _ in list_checkpoints(stage3)]
+    assert 4 not in found, f"the kill landed after the final checkpoint ({found}): it must fall between steps 2 and 4"
+    assert manifest.read_manifest(stage3) is None
     assert found == [0, 2]
 
     # Started again on the worker, each stage a flow run of its own deployment (t2v-<stage>/local):
-    # the data stages skip, phase 1 resumes from its checkpoint (and its interrupted MLflow run).
+    # everything before stage 3 skips, stage 3 resumes from its checkpoint (and its interrupted MLflow run).
     proc = stack.run_deployment("t2v-full/local-split", {**PARAMETERS, "run_root": run_root})
     assert proc.returncode == 0, f"resumed run failed:\n{proc.stdout[-6000:]}"
-    crashed, resumed = _parent_runs(run_root)
-    assert [resumed["tags"][f"stage.{name}.status"] for name in STAGES] == ["skipped"] * 3 + ["ran"] * 3
-    # Stages in other processes still nest under this pipeline run; resumed phase 1 keeps its first run.
-    assert [child["name"] for child in tracking.child_runs(resumed["run_id"])] == ["vae-phase2", "vae-eval"]
-    assert [child["name"] for child in tracking.child_runs(crashed["run_id"])] == STAGES[:4]
-    # The killed run does not stay RUNNING: the rerun marked it KILLED and links both ways; the phase-1
+    crashed, resumed = _parent_runs(run_root)[-2:]
+    assert [resumed["tags"][f"stage.{name}.status"] for name in STAGES] == (
+        ["skipped"] * (len(STAGES) - len(RERUN)) + ["ran"] * len(RERUN))
+    # Stages in other processes still nest under this pipeline run; resumed stage 3 keeps its first run.
+    assert [child["name"] for child in tracking.child_runs(resumed["run_id"])] == RERUN[1:]
+    assert [child["name"] for child in tracking.child_runs(crashed["run_id"])] == ["dit-stage3"]
+    # The killed run does not stay RUNNING: the rerun marked it KILLED and links both ways; the stage-3
     # run it left RUNNING was resumed and finished.
     assert (crashed["status"], crashed["tags"]["t2v.superseded_by"]) == ("KILLED", resumed["run_id"])
     assert resumed["tags"]["t2v.resumes"] == crashed["run_id"]
-    assert [child["status"] for child in tracking.child_runs(crashed["run_id"])] == ["FINISHED"] * 4
-    assert storage.read_json(f"{run_root}/vae-phase1/metrics.json")["resumes"] == 1
-    expected = storage.read_json(f"{first_run}/vae-phase2/manifest.json")["files"]["model/model.safetensors"]
-    assert storage.sha256_bytes(storage.read_bytes(f"{run_root}/{FINAL_WEIGHTS}")) == expected["sha256"]
-    assert expected["sha256"] == storage.sha256_bytes(storage.read_bytes(f"{first_run}/{FINAL_WEIGHTS}"))
+    assert [child["status"] for child in tracking.child_runs(crashed["run_id"])] == ["FINISHED"]
+    assert storage.read_json(f"{stage3}/metrics.json")["resumes"] == 1
+    assert storage.sha256_bytes(storage.read_bytes(f"{run_root}/{FINAL_WEIGHTS}")) == expected
 
 
 def test_mlflow_ui_lists_the_pipeline_runs(first_run, stack_env):
