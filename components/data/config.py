@@ -26,6 +26,9 @@ class SynthConfig(StrictModel):
     short_frames: int = Field(4, ge=1)  # length of "too short" defect clips (below filter.min_frames)
     slow_speed: float = Field(0.25, gt=0)  # frame widths (or heights) per second
     fast_speed: float = Field(0.6, gt=0)
+    # Shape diameter as a fraction of the short side, drawn per clip. Larger shapes cover more latent
+    # cells, which is what lets a toy DiT learn their colour in a demo's few minutes.
+    shape_size: tuple[float, float] = (0.22, 0.36)
     # H.264 (libx264, yuv420p) like real raw datasets; mp4v (MPEG-4 part 2, OpenCV's writer) kept as the
     # cheap-to-decode worst case for the filter's fixed per-video costs (bench/filter_speed.py).
     codec: Literal["h264", "mp4v"] = "h264"
@@ -42,6 +45,8 @@ class SynthConfig(StrictModel):
             raise ValueError(f"min_frames {self.min_frames} > max_frames {self.max_frames}")
         if self.short_frames >= self.min_frames:
             raise ValueError(f"short_frames {self.short_frames} must be below min_frames {self.min_frames}")
+        if not 0 < self.shape_size[0] <= self.shape_size[1] < 1:
+            raise ValueError(f"shape_size {list(self.shape_size)} must be [low, high] with 0 < low <= high < 1")
         return self
 
 

@@ -91,7 +91,7 @@ def _draw_size(rng: np.random.Generator, config: SynthConfig) -> tuple[int, int]
 def _shape_scene(rng: np.random.Generator, height: int, width: int, fps: int, config: SynthConfig) -> dict[str, Any]:
     speed = str(rng.choice(SPEEDS))
     direction = str(rng.choice(list(DIRECTIONS)))
-    size = float(rng.uniform(0.22, 0.36)) * min(height, width)
+    size = float(rng.uniform(*config.shape_size)) * min(height, width)
     extent = width if DIRECTIONS[direction][0] else height
     pixels_per_second = (config.slow_speed if speed == "slowly" else config.fast_speed) * extent
     return {

@@ -165,3 +165,14 @@ def test_cli_runs_in_a_subprocess(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "components.data", "synth", "--out", str(tmp_path / "p"),
                           "--set", "synth.min_frames=3"], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "short_frames" in bad.stderr
+
+
+def test_shape_size_sets_the_drawn_diameter() -> None:
+    from components.data.config import load_data_config
+    from components.data.synth import plan_clip
+
+    for low, high in ((0.22, 0.36), (0.45, 0.5)):
+        config = load_data_config("tiny", [f"synth.shape_size=[{low}, {high}]"]).synth
+        for index in range(20):
+            plan = plan_clip(index, 0, "shapes", config, None)
+            assert low <= plan.scene["size"] / min(plan.height, plan.width) <= high
