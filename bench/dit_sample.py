@@ -3,6 +3,7 @@ slice side by side with the reference's pipeline (Open-Sora Plan v1.2.0, importe
 
     python bench/dit_sample.py tiny                                   # ~1 min on 2 cores
     python bench/dit_sample.py --reference /work/ref slice            # ~6 min at 9,600 tokens, 2 steps
+    python bench/dit_sample.py full                                   # a GPU: all of v1.2, 100 steps, bf16
 
 `tiny`: `t2v dit sample`'s own function (`write_samples`) on a seeded tiny stage folder (the test helper
 `tests/dit/fixtures_models.py`: tiny DiT, VAE and text encoder, conditioning.json), the demo's 17x64x64
@@ -20,6 +21,10 @@ fp32, `--threads` threads. Ours: `components.dit.denoise.denoise` (what `Sampler
 (implementation, guidance) runs in a fresh subprocess, ours and the reference's back to back; seconds per
 step = the whole loop / steps (at 9,600 tokens the first step's one-off costs are under 1 %). Both start
 from the same noise (seed 0 on the CPU), so their final latents are compared too.
+
+`full` (for an accelerator): all 32 blocks of v1.2 (random init) at 29x480x640, 100 Euler-ancestral steps
+with guidance 7.5, bf16; seconds per step, achieved TFLOP/s (matmul FLOPs as `dit_reference.model_flops`)
+and peak memory. Smoke test on a CPU: `full --device cpu --dtype float32 --layers 1 --latent 2 8 8 --steps 2`.
 """
 
 from __future__ import annotations
@@ -190,6 +195,51 @@ def bench_slice(args) -> dict:
     return results
 
 
+def bench_full(args) -> dict:
+    """The whole v1.2 DiT (or its first `--layers` blocks), random init, at `--latent`, on `--device` in
+    `--dtype`: the denoising loop of `--steps` Euler-ancestral steps with guidance 7.5 (a batch of two)."""
+    import torch
+
+    from components.dit.config import DiffusionConfig, load_dit_config
+    from components.dit.denoise import denoise, make_sampling_scheduler
+    from components.dit.model import OpenSoraT2V
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.set_num_threads(args.threads)
+    config = load_dit_config("v1.2", [f"model.num_layers={args.layers}"]).model
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = OpenSoraT2V(config).to(dtype).eval()
+    inputs = make_inputs(*args.latent, config.caption_channels)
+    text, mask = inputs["text"].to(device, dtype), inputs["text_mask"].to(device)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def loop(steps: int) -> float:
+        synchronize()
+        started = time.perf_counter()
+        denoise(model, text[:1], mask[:1], (4, *args.latent), make_sampling_scheduler("euler_ancestral", DiffusionConfig()),
+                steps, [torch.Generator().manual_seed(0)], 7.5, text[1:], mask[1:])
+        synchronize()
+        return time.perf_counter() - started
+
+    loop(1)  # warm-up: kernels picked, RoPE tables built
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = loop(args.steps)
+    tokens = args.latent[0] * (args.latent[1] // 2) * (args.latent[2] // 2)
+    flops = model_flops(config, tokens, text.shape[1], backward=False, batch=2) * args.steps
+    result = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
+              "dtype": args.dtype, "layers": args.layers, "latent": list(args.latent), "tokens_per_sample": tokens,
+              "steps": args.steps, "seconds": round(seconds, 2), "seconds_per_step": round(seconds / args.steps, 3),
+              "achieved_tflops": round(flops / seconds / 1e12, 1)}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", type=Path, help="Open-Sora Plan v1.2.0 checkout (slice only)")
@@ -202,9 +252,17 @@ def main() -> int:
     slice_parser.add_argument("--steps", type=int, default=2)
     slice_parser.add_argument("--guidance", type=float, help=argparse.SUPPRESS)
     slice_parser.add_argument("--implementation", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    full = jobs.add_parser("full", help="the whole v1.2 model on an accelerator (29x480x640, 100 steps, bf16)")
+    full.add_argument("--device", default="cuda")
+    full.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    full.add_argument("--layers", type=int, default=32)
+    full.add_argument("--latent", type=int, nargs=3, default=list(SLICE_LATENT), metavar=("T", "H", "W"))
+    full.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
     if args.job == "tiny":
         result = bench_tiny(args)
+    elif args.job == "full":
+        result = bench_full(args)
     else:
         if args.reference is None:
             parser.error("slice needs --reference")
