@@ -103,6 +103,16 @@ def test_a_bad_size_is_one_line_before_loading(trained, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_python_m_samples_and_exits(trained, tmp_path):
+    """The reference's SP sampler never returns (`while True:`, notes §4); ours exits 0 when the clips are written."""
+    completed = subprocess.run([sys.executable, "-m", "components.dit", "sample", "--dit", str(trained), "--prompt",
+                                PROMPTS[1], "--out", str(tmp_path / "out"), *SIZE, "--steps", "2", "--device", "cpu"],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert json.loads(completed.stdout) == record and len(record["samples"]) == 1
+
+
 def test_official_folder_without_vae_is_one_line_via_python_m(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "components.dit", "sample", "--dit",
                                 "tests/dit/fixtures/reference", "--prompt", "x", "--out", str(tmp_path)],
