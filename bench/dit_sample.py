@@ -109,7 +109,8 @@ class LatentOnlyVAE:
     vae_scale_factor = [4, 8, 8]
 
 
-def run_slice(implementation: str, guidance: float, steps: int, reference: Path, workdir: Path, threads: int) -> dict:
+def run_slice(implementation: str, guidance: float, steps: int, reference: Path, workdir: Path, threads: int,
+              latent: tuple[int, int, int] = SLICE_LATENT) -> dict:
     """Time the denoising loop of one implementation (called in a fresh subprocess by `bench_slice`)."""
     import importlib
 
@@ -121,10 +122,10 @@ def run_slice(implementation: str, guidance: float, steps: int, reference: Path,
     torch.set_num_threads(threads)
     config = slice_config()
     state = {key: value.clone() for key, value in load_file(workdir / "diffusion_pytorch_model.safetensors").items()}
-    inputs = make_inputs(*SLICE_LATENT, config.caption_channels)
+    inputs = make_inputs(*latent, config.caption_channels)
     positive, negative = inputs["text"][:1], inputs["text"][1:]  # (1, 64, 4096); the negative has 16 padded
     positive_mask, negative_mask = inputs["text_mask"][:1], inputs["text_mask"][1:]
-    frames, height, width = 4 * (SLICE_LATENT[0] - 1) + 1, 8 * SLICE_LATENT[1], 8 * SLICE_LATENT[2]
+    frames, height, width = 4 * (latent[0] - 1) + 1, 8 * latent[1], 8 * latent[2]
     if implementation == "ours":
         from components.dit.config import DiffusionConfig
         from components.dit.denoise import denoise, make_sampling_scheduler
@@ -132,7 +133,7 @@ def run_slice(implementation: str, guidance: float, steps: int, reference: Path,
         model = build_with_weights(config, state, "slice").eval()
 
         def loop() -> torch.Tensor:
-            return denoise(model, positive, positive_mask, (4, *SLICE_LATENT),
+            return denoise(model, positive, positive_mask, (4, *latent),
                            make_sampling_scheduler("euler_ancestral", DiffusionConfig()), steps,
                            [torch.Generator().manual_seed(0)], guidance, negative, negative_mask)
     else:
@@ -159,7 +160,7 @@ def run_slice(implementation: str, guidance: float, steps: int, reference: Path,
     latents = loop()
     seconds = time.perf_counter() - started
     save_file({"latents": latents.contiguous()}, workdir / f"{implementation}-{guidance}.safetensors")
-    tokens = SLICE_LATENT[0] * (SLICE_LATENT[1] // 2) * (SLICE_LATENT[2] // 2)
+    tokens = latent[0] * (latent[1] // 2) * (latent[2] // 2)
     batch = 2 if guidance > 1 else 1
     flops = model_flops(config, tokens, positive.shape[1], backward=False, batch=batch)
     return {"seconds_per_step": round(seconds / steps, 2), "steps": steps, "batch_per_step": batch,
@@ -180,12 +181,13 @@ def bench_slice(args) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "config.json").is_file():
         prepare(args.reference, workdir)
-    results: dict = {"threads": args.threads, "steps": args.steps, "latent": list(SLICE_LATENT), "text_tokens": 64}
+    results: dict = {"threads": args.threads, "steps": args.steps, "latent": list(args.latent), "text_tokens": 64}
     for guidance in GUIDANCES:
         measured = {}
         for implementation in IMPLEMENTATIONS:
             command = [sys.executable, __file__, "--reference", str(args.reference), "--workdir", str(workdir),
                        "--threads", str(args.threads), "slice", "--steps", str(args.steps), "--guidance", str(guidance),
+                       "--latent", *map(str, args.latent),
                        "--implementation", implementation]
             completed = subprocess.run(command, capture_output=True, text=True)
             if completed.returncode != 0:
@@ -253,6 +255,8 @@ def main() -> int:
     tiny.add_argument("--steps", type=int, default=50)
     slice_parser = jobs.add_parser("slice")
     slice_parser.add_argument("--steps", type=int, default=2)
+    slice_parser.add_argument("--latent", type=int, nargs=3, default=list(SLICE_LATENT), metavar=("T", "H", "W"),
+                              help="latent frames, rows, columns (default: 8 60 80 = 29x480x640)")
     slice_parser.add_argument("--guidance", type=float, help=argparse.SUPPRESS)
     slice_parser.add_argument("--implementation", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     full = jobs.add_parser("full", help="the whole v1.2 model on an accelerator (29x480x640, 100 steps, bf16)")
@@ -271,7 +275,8 @@ def main() -> int:
             parser.error("slice needs --reference")
         args.reference = args.reference.resolve()
         if args.implementation:
-            result = run_slice(args.implementation, args.guidance, args.steps, args.reference, args.workdir, args.threads)
+            result = run_slice(args.implementation, args.guidance, args.steps, args.reference, args.workdir, args.threads,
+                               tuple(args.latent))
         else:
             result = bench_slice(args)
     print(json.dumps(result))
