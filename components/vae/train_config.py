@@ -70,6 +70,10 @@ class DataConfig(StrictModel):
     """Training clips: one video bucket of the shard manifest (v1.2: 25×256×256, reference notes §1.10)."""
 
     bucket: str = "25x256x256"  # "FxHxW" as named in the shard manifest
+    # Also train on the clips of every bucket at least as long, high and wide as `bucket`, each cut to
+    # `bucket`'s size at a seeded random offset (the reference's VAE data is random crops too). Small
+    # data sets spread their clips over many buckets: this trains on all of them, not one bucket's few.
+    crop_larger: bool = False
     batch_size: int = Field(1, ge=1)  # per process
     shuffle_shards: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -88,6 +92,12 @@ class DataConfig(StrictModel):
     @property
     def frames(self) -> int:
         return int(self.bucket.split("x")[0])
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """(frames, height, width) of a training clip."""
+        frames, height, width = map(int, self.bucket.split("x"))
+        return frames, height, width
 
 
 class EvalConfig(StrictModel):

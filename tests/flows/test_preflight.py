@@ -60,6 +60,14 @@ def test_every_override_is_checked_before_any_stage(override, complaint, torch_h
     assert line
 
 
+def test_a_cropped_vae_bucket_must_fit_in_a_bucket_the_shard_stage_makes(torch_home):
+    """With vae.data.crop_larger the training size need not be a bucket, only fit inside one."""
+    crop = ["vae.data.crop_larger=true"]
+    assert preflight.problems(chain(), "tiny", [*crop, "vae.data.bucket=9x48x48"]) == []
+    (line,) = preflight.problems(chain(), "tiny", [*crop, "vae.data.bucket=9x96x96"])
+    assert line.startswith("vae.data.bucket 9x96x96 (crop_larger) fits in no bucket the shard stage makes")
+
+
 def test_v1_2_stages_fit_together():
     """Every stage's inputs for v1.2 resolve without running anything: each input is an earlier stage's
     output, the VAE's bucket is one the shard stage makes and that the synthetic clips reach, and the
