@@ -54,6 +54,11 @@ class TrainConfig(StrictModel):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     disc_start: int = Field(2000, ge=0)  # from this step on, generator and discriminator steps alternate
     sample_posterior: bool = True  # train on z ~ q(z|x) as the reference; false: the posterior mean
+    # From scratch only (phase 1 without --init): the posterior's log-variance starts near this value
+    # (the bias of the layer that emits it) instead of ~0. With std ~1 the sampled latents of a fresh
+    # encoder are mostly noise, and a small VAE learns to ignore them and output the data's mean
+    # (posterior collapse: the tiny demo stalled at ~8-17 dB). None: the layer's default init.
+    init_logvar: float | None = Field(None, ge=-30, le=20)
     loss: LossConfig = LossConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     checkpoint_every: int = Field(2000, ge=1)
