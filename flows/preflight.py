@@ -73,9 +73,16 @@ def _stages_fit_together(names: set[str], preset: str, routed: dict[str, list[st
     from components.vae.config import load_vae_config
 
     shard = load_data_config(preset, routed["data"]).shard
-    bucket = load_vae_config(preset, routed["vae"]).data.bucket
-    made = [b.name for b in make_buckets(shard.frames, shard.resolutions)]
-    if bucket in made:
+    data = load_vae_config(preset, routed["vae"]).data
+    buckets = make_buckets(shard.frames, shard.resolutions)
+    made = [b.name for b in buckets]
+    if data.bucket in made:
         return []
-    return [f"vae.data.bucket {bucket} is not a bucket the shard stage makes ({', '.join(made)}; preset "
+    frames, height, width = data.size
+    if data.crop_larger:  # crops of any bucket at least that large
+        if any(b.frames >= frames and b.height >= height and b.width >= width for b in buckets):
+            return []
+        return [f"vae.data.bucket {data.bucket} (crop_larger) fits in no bucket the shard stage makes "
+                f"({', '.join(made)}; preset '{preset}'): set vae.data.bucket to a size that one of them holds"]
+    return [f"vae.data.bucket {data.bucket} is not a bucket the shard stage makes ({', '.join(made)}; preset "
             f"'{preset}'): set vae.data.bucket to one of them, or data.shard.frames/resolutions to make it"]

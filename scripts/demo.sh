@@ -94,9 +94,9 @@ else
 fi
 SERVERS_UP=1  # from here on they stay up whatever the pipeline does: a failed run is worth a look too
 
-# The VAE phases run as two processes (torchrun, gloo on CPU), so the demo exercises distributed
-# training; DEMO_PARAMS replaces these parameters.
-PARAMS="${DEMO_PARAMS:-{\"overrides\": [\"vae.launch.nproc_per_node=2\"]\}}"
+# The deployment's own parameters (prefect.yaml): the VAE's demo steps, its phases on two processes
+# (torchrun, gloo on CPU) so the demo exercises distributed training. DEMO_PARAMS replaces them key by key.
+PARAMS="${DEMO_PARAMS:-{\}}"
 echo "demo: running t2v-full/local (tiny preset, synthetic data, parameters $PARAMS)"
 started=$(date +%s)
 status=0

@@ -86,6 +86,10 @@ def _run(module: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- primitives (§1.2)
 
+# PyTorch's CPU rule (ATen Convolution.cpp, `use_mkldnn`): a float32 3D convolution of batch 1 whose
+# channels·frames·height stays at or below this runs on the slow unfolding kernel, not oneDNN.
+SLOW_CONV3D_MAX_SIZE = 20480
+
 
 class CausalConv3d(nn.Module):
     """3D convolution, causal in time: the first frame is replicated k_t - 1 times in front.
@@ -111,7 +115,30 @@ class CausalConv3d(nn.Module):
         front = self.kernel_frames - 1
         if front:
             x = torch.cat([x[:, :, :1].expand(-1, -1, front, -1, -1), x], dim=2)  # (B, Cin, T + kt - 1, H, W)
+        if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] * x.shape[2] * x.shape[3] <= SLOW_CONV3D_MAX_SIZE:
+            return self._per_frame_taps(x)
         return self.conv(x)  # (B, Cout, T_out, H', W')
+
+    def _per_frame_taps(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, T + kt - 1, H, W), padded in front
+        """The 3D convolution as a sum over its temporal taps of 2D convolutions of all frames at once.
+
+        Why: at batch 1 PyTorch's CPU backend runs a 3D convolution on its slow unfolding kernel when
+        channels·frames·height <= SLOW_CONV3D_MAX_SIZE (a size rule made for 2D inputs), which is every
+        layer of a small VAE's training step, and forward and backward are then several times slower
+        than oneDNN's (bench/RESULTS.md). Folding the frames into the batch puts every tap on oneDNN, at
+        equal results up to float rounding (tests/vae/test_model.py). Larger batches already get oneDNN.
+        """
+        conv = self.conv
+        batch, _, padded, height, width = x.shape
+        frames = (padded - self.kernel_frames) // self.stride_frames + 1  # T_out
+        out = None
+        for tap in range(self.kernel_frames):
+            stop = tap + self.stride_frames * (frames - 1) + 1
+            taps = _to_frames(x[:, :, tap:stop:self.stride_frames])  # (B*T_out, Cin, H, W)
+            y = F.conv2d(taps, conv.weight[:, :, tap], conv.bias if tap == 0 else None, conv.stride[1:],
+                         conv.padding[1:], conv.dilation[1:], conv.groups)  # (B*T_out, Cout, H', W')
+            out = y if out is None else out + y
+        return _to_video(out, batch)  # (B, Cout, T_out, H', W')
 
     def stream(self, x: torch.Tensor, transform: Transform | None = None,
                out: torch.Tensor | None = None, accumulate: bool = True) -> torch.Tensor:

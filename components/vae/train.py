@@ -128,6 +128,13 @@ def _fit(phase: int, config: VAEConfig, ctx: Context, out: str, inputs: dict[str
         return finish(loop, preset, inputs, handoff, seconds, loop.step - start_step, memory.peak, held)
 
 
+@torch.no_grad()
+def start_posterior_at(model: CausalVAE, logvar: float) -> None:
+    """Set the bias of the log-variance half of the moments layer (quant_conv, else the encoder's conv_out)."""
+    layer = (model.quant_conv or model.encoder.conv_out).conv
+    layer.bias[layer.out_channels // 2:] = logvar
+
+
 def build(config: VAEConfig, ctx: Context, handoff: Handoff | None) -> Parts:
     """Model (phase-1 EMA weights on a handoff), discriminator, EMA, losses and optimizers on this rank."""
     cfg = config.train
@@ -135,6 +142,8 @@ def build(config: VAEConfig, ctx: Context, handoff: Handoff | None) -> Parts:
     model = CausalVAE(config.model).to(ctx.device)
     if handoff:  # live weights := phase-1 EMA weights; EMA and optimizers start fresh
         model_folder.load_weights(model, load_vae(handoff.model_folder).state_dict(), handoff.model_folder)
+    elif cfg.init_logvar is not None:
+        start_posterior_at(model, cfg.init_logvar)
     discriminator = PatchDiscriminator3D(config.model.in_channels, cfg.discriminator.base_channels,
                                          cfg.discriminator.num_layers).to(ctx.device)
     distributed.sync_batch_norm(discriminator, ctx)

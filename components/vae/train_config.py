@@ -54,6 +54,11 @@ class TrainConfig(StrictModel):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     disc_start: int = Field(2000, ge=0)  # from this step on, generator and discriminator steps alternate
     sample_posterior: bool = True  # train on z ~ q(z|x) as the reference; false: the posterior mean
+    # From scratch only (phase 1 without --init): the posterior's log-variance starts near this value
+    # (the bias of the layer that emits it) instead of ~0. With std ~1 the sampled latents of a fresh
+    # encoder are mostly noise, and a small VAE learns to ignore them and output the data's mean
+    # (posterior collapse: the tiny demo stalled at ~8-17 dB). None: the layer's default init.
+    init_logvar: float | None = Field(None, ge=-30, le=20)
     loss: LossConfig = LossConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     checkpoint_every: int = Field(2000, ge=1)
@@ -70,6 +75,10 @@ class DataConfig(StrictModel):
     """Training clips: one video bucket of the shard manifest (v1.2: 25×256×256, reference notes §1.10)."""
 
     bucket: str = "25x256x256"  # "FxHxW" as named in the shard manifest
+    # Also train on the clips of every bucket at least as long, high and wide as `bucket`, each cut to
+    # `bucket`'s size at a seeded random offset (the reference's VAE data is random crops too). Small
+    # data sets spread their clips over many buckets: this trains on all of them, not one bucket's few.
+    crop_larger: bool = False
     batch_size: int = Field(1, ge=1)  # per process
     shuffle_shards: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -88,6 +97,12 @@ class DataConfig(StrictModel):
     @property
     def frames(self) -> int:
         return int(self.bucket.split("x")[0])
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """(frames, height, width) of a training clip."""
+        frames, height, width = map(int, self.bucket.split("x"))
+        return frames, height, width
 
 
 class EvalConfig(StrictModel):

@@ -6,6 +6,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+import torch
+
 from components.core import manifest, model_folder, stage, storage
 from components.core.distributed import Context
 from components.core.training import checkpoint
@@ -80,7 +82,37 @@ def open_loader(data_manifest: str, config: VAEConfig, seed: int, ctx: Context):
     from components.data.loader import BucketLoader, LoaderConfig  # the data component's public read API
 
     data = config.data
-    loader_config = LoaderConfig(buckets=[data.bucket], batch_size_overrides={data.bucket: data.batch_size},
+    buckets = _buckets(data_manifest, config) if data.crop_larger else [data.bucket]
+    loader_config = LoaderConfig(buckets=buckets, batch_size_overrides=dict.fromkeys(buckets, data.batch_size),
                                  seed=seed, shuffle_shards=data.shuffle_shards, num_workers=data.num_workers,
                                  min_frames=2, rank_layout="global")
     return BucketLoader(data_manifest, loader_config, rank=ctx.dp_rank, world_size=ctx.dp_size)
+
+
+def _buckets(data_manifest: str, config: VAEConfig) -> list[str]:
+    """The manifest's video buckets that hold a `data.bucket`-sized crop (data.crop_larger)."""
+    from components.data.loader import BucketLoader, LoaderConfig
+
+    frames, height, width = config.data.size
+    every = BucketLoader(data_manifest, LoaderConfig(min_frames=frames), rank=0, world_size=1).bucket_shapes
+    names = [b.name for b in every if b.height >= height and b.width >= width]
+    if not names:
+        raise ValueError(f"{data_manifest}: no bucket holds a {config.data.bucket} crop (vae.data.bucket with "
+                         f"data.crop_larger; buckets: {', '.join(b.name for b in every) or 'none that long'})")
+    return names
+
+
+def crop(video: torch.Tensor, keys: list[str], config: VAEConfig, batch_index: int) -> torch.Tensor:
+    """Each clip of (b, 3, T, H, W) cut to `data.bucket`'s size at an offset drawn from (seed, batch, key):
+    the same crops on any number of ranks and after a resume, with no generator state to save."""
+    frames, height, width = config.data.size
+    if video.shape[2:] == (frames, height, width):
+        return video
+    clips = []
+    for clip, key in zip(video, keys, strict=True):  # (3, T, H, W)
+        digest = hashlib.sha256(f"{config.train.seed}:{batch_index}:{key}".encode()).digest()
+        draw = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        start = [int(torch.randint(0, total - size + 1, (), generator=draw))
+                 for total, size in zip(clip.shape[1:], (frames, height, width), strict=True)]
+        clips.append(clip[:, start[0]:start[0] + frames, start[1]:start[1] + height, start[2]:start[2] + width])
+    return torch.stack(clips)  # (b, 3, F, H', W')

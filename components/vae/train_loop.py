@@ -20,7 +20,7 @@ from components.core.training.guard import BadStep, Guard
 from components.core.training.rng import rng_state, set_rng_state
 from components.core.training.run import RankRun
 from components.vae.config import VAEConfig
-from components.vae.train_inputs import STAGES
+from components.vae.train_inputs import STAGES, crop
 from components.vae.train_step import Parts, Pending, discriminator_step, fresh_pending, generator_step
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,10 @@ class Loop:
             if index in self.guard.skip_batches:
                 self.events.add("skip_batch", batch=index)
                 continue
-            video = batch["video"].to(self.ctx.device, non_blocking=True)  # (b, 3, T, H, W) in [-1, 1]
+            video = batch["video"]  # (b, 3, T, H, W) in [-1, 1]
+            if self.config.data.crop_larger:
+                video = crop(video, batch["key"], self.config, index)  # (b, 3, F, H', W') of data.bucket
+            video = video.to(self.ctx.device, non_blocking=True)
             if index in self.config.train.inject_nan_batches:
                 video = torch.full_like(video, float("nan"))  # test hook for the instability guard
             return index, video

@@ -49,7 +49,7 @@ def test_v1_2_names_the_lpips_weights_it_needs_offline(torch_home):
 @pytest.mark.parametrize("override, complaint", [
     ("vae.train.lrr=1", "unknown key 'train.lrr'"),
     ("data.shard.frames=[3]", "frame counts must be distinct and 1 or 4k+1"),
-    ("vae.data.bucket=33x256x256", "vae.data.bucket 33x256x256 is not a bucket the shard stage makes"),
+    ("vae.data.bucket=33x256x256", "vae.data.bucket 33x256x256 (crop_larger) fits in no bucket the shard stage makes"),
     ("dit.model.depth=2", "unknown key 'model.depth'"),
     ("eval.x=1", "--set eval.x=1: the eval component has no configuration yet"),
     ("train.lr=1e-4", "must look like <component>.<key>=<value>"),
@@ -58,6 +58,16 @@ def test_every_override_is_checked_before_any_stage(override, complaint, torch_h
     (line,) = [line for line in "\n".join(preflight.problems(chain(), "tiny", [override])).splitlines()
                if complaint in line]
     assert line
+
+
+def test_a_cropped_vae_bucket_must_fit_in_a_bucket_the_shard_stage_makes(torch_home):
+    """With vae.data.crop_larger (tiny) the training size need not be a bucket, only fit inside one;
+    without it, it must be one."""
+    assert preflight.problems(chain(), "tiny", ["vae.data.bucket=9x48x48"]) == []
+    (line,) = preflight.problems(chain(), "tiny", ["vae.data.bucket=9x96x96"])
+    assert line.startswith("vae.data.bucket 9x96x96 (crop_larger) fits in no bucket the shard stage makes")
+    (line,) = preflight.problems(chain(), "tiny", ["vae.data.crop_larger=false", "vae.data.bucket=9x48x48"])
+    assert line.startswith("vae.data.bucket 9x48x48 is not a bucket the shard stage makes")
 
 
 def test_v1_2_stages_fit_together():

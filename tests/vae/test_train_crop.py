@@ -1,0 +1,58 @@
+"""`vae.data.crop_larger`: training clips cut from every bucket that holds `data.bucket`'s size."""
+
+import pytest
+import torch
+
+from components.core.distributed import Context
+from components.data.shard import shard
+from components.vae.config import load_vae_config
+from components.vae.train_inputs import crop, open_loader
+from tests.data.clips import ClipSpec, write_dataset
+from tests.vae.test_train_shards import ROOT
+
+
+def _config(*overrides):
+    return load_vae_config("tiny", ["data.crop_larger=true", "data.bucket=9x32x48", *overrides])
+
+
+def test_crops_have_the_bucket_size_and_depend_only_on_seed_batch_and_key():
+    video = torch.arange(2 * 3 * 17 * 64 * 80, dtype=torch.float32).reshape(2, 3, 17, 64, 80)
+    config = _config()
+    cropped = crop(video, ["a", "b"], config, batch_index=5)
+    assert cropped.shape == (2, 3, 9, 32, 48)
+    # Each clip is a contiguous block of its source clip.
+    for clip, source in zip(cropped, video, strict=True):
+        start = (source == clip[0, 0, 0, 0]).nonzero()[0].tolist()
+        assert torch.equal(clip, source[:, start[1]:start[1] + 9, start[2]:start[2] + 32, start[3]:start[3] + 48])
+    # A clip's crop does not depend on its neighbours in the batch (the number of ranks) ...
+    assert torch.equal(crop(video[1:], ["b"], config, batch_index=5)[0], cropped[1])
+    # ... and differs between batches and seeds; a clip already of the size is kept as it is.
+    assert not torch.equal(crop(video, ["a", "b"], config, batch_index=6), cropped)
+    assert not torch.equal(crop(video, ["a", "b"], _config("train.seed=1"), batch_index=5), cropped)
+    exact = video[:, :, :9, :32, :48]
+    assert crop(exact, ["a", "b"], config, batch_index=5) is exact
+
+
+@pytest.fixture(scope="module")
+def mixed_shards(tmp_path_factory):
+    """Clips in buckets 9x64x64 (2), 9x48x80 (1) and 1x64x64 (an image: not a video bucket)."""
+    root = tmp_path_factory.mktemp("mixed")
+    specs = [ClipSpec("square0", 64, 64, 12, 8.0), ClipSpec("square1", 64, 64, 12, 8.0),
+             ClipSpec("wide", 48, 80, 12, 8.0), ClipSpec("still", 64, 64)]
+    annotations = write_dataset(root / "clips", specs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("T2V_HOME", str(root / "home"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        shard(annotations, root / "shards", preset=str(ROOT / "tests" / "data" / "shard_preset.yaml"))
+    return root / "shards"
+
+
+def test_the_loader_serves_every_bucket_that_holds_the_crop(mixed_shards):
+    ctx = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    loader = open_loader(str(mixed_shards / "manifest.json"), _config("data.bucket=9x48x48"), 0, ctx)
+    assert sorted(b.name for b in loader.bucket_shapes) == ["9x48x80", "9x64x64"]
+    assert sorted(loader.batch_sizes.values()) == [1, 1]
+    only_square = open_loader(str(mixed_shards / "manifest.json"), _config("data.bucket=9x64x64"), 0, ctx)
+    assert [b.name for b in only_square.bucket_shapes] == ["9x64x64"]
+    with pytest.raises(ValueError, match="no bucket holds a 9x96x96 crop"):
+        open_loader(str(mixed_shards / "manifest.json"), _config("data.bucket=9x96x96"), 0, ctx)
