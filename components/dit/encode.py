@@ -33,7 +33,7 @@ from components.core import lease, manifest, model_folder, runtime, stage, stora
 from components.core.config import StrictModel, config_hash
 from components.dit import latent_layout
 from components.dit.config import DiTConfig, load_dit_config
-from components.dit.encode_cached import CachedEncoder
+from components.dit.encode_cached import CachedEncoder, save_text_encoder
 from components.dit.encode_config import EncodeConfig
 from components.dit.latent_layout import (
     INDEX_FILE,
@@ -43,7 +43,7 @@ from components.dit.latent_layout import (
     TEXT_FOLDER,
     VAL_FOLDER,
 )
-from components.dit.text import TextEncoderConfig, load_text_encoder
+from components.dit.text import TextEncoderConfig
 from components.vae import load_vae
 
 log = logging.getLogger(__name__)
@@ -151,16 +151,11 @@ class _Job:
         started = time.perf_counter()
         with storage.staging_dir("t2v-encode-") as staging:
             self.staging = Path(staging)
-            encoder = load_text_encoder(self.config.text, self.device)
-            encoder.save(self.staging / TEXT_ENCODER_FOLDER)
-            encoder_id = stage.folder_sha256(str(self.staging / TEXT_ENCODER_FOLDER))
-            files = stage.upload_folder(self.staging / TEXT_ENCODER_FOLDER, self.out, prefix=f"{TEXT_ENCODER_FOLDER}/")
-            text_encoder = {"uri": TEXT_ENCODER_FOLDER, "max_length": encoder.max_length, "sha256": encoder_id,
-                            "width": encoder.d_model}
             if self.encode.mode == "cached":
-                shards, text_info, counters = CachedEncoder(self, encoder, encoder_id).write_all()
-                files |= shards["files"]
+                shards, text_info, counters = CachedEncoder(self).write_all()
+                text_encoder, files = counters["text_encoder"], shards["files"]
             else:
+                _, text_encoder, files = save_text_encoder(self.config.text, self.device, self.staging, self.out)
                 shards = {split: latent_layout.without_keys(self.layout[split]) for split in latent_layout.SPLITS}
                 text_info, counters = None, {"vae_seconds": 0.0, "storage_error": None}
             seconds = time.perf_counter() - started

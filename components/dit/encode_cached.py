@@ -24,8 +24,15 @@ from components.core import manifest, stage, storage
 from components.core.progress import Progress
 from components.data.loader import BucketLoader, LoaderConfig
 from components.dit import latent_layout
-from components.dit.latent_layout import INDEX_FILE, SHARD_FOLDER, STAGE, TEXT_FOLDER, VAL_FOLDER
-from components.dit.text import TextEncoder
+from components.dit.latent_layout import (
+    INDEX_FILE,
+    SHARD_FOLDER,
+    STAGE,
+    TEXT_ENCODER_FOLDER,
+    TEXT_FOLDER,
+    VAL_FOLDER,
+)
+from components.dit.text import TextEncoder, TextEncoderConfig, load_text_encoder
 from components.dit.text_store import TextStoreWriter, text_key
 
 log = logging.getLogger(__name__)
@@ -40,15 +47,15 @@ class CachedEncoder:
     its entry's order, by a background thread; captions are encoded by another background thread. `job` is
     the stage's run (`encode._Job`): its configuration, layout, VAE, device, staging folder and output."""
 
-    def __init__(self, job: Any, encoder: TextEncoder, encoder_id: str):
-        self.job, self.encode, self.encoder, self.encoder_id = job, job.encode, encoder, encoder_id
+    def __init__(self, job: Any):
+        self.job, self.encode = job, job.encode
         self.latent_dtype = DTYPES[self.encode.latent_dtype]
-        self.texts = TextStoreWriter(job.staging / TEXT_FOLDER, encoder_id, encoder.max_length,
-                                     DTYPES[self.encode.text_dtype], self.encode.text_shard_max_bytes)
         self.text_thread, self.write_thread = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+        # Loading the text encoder (and importing transformers: ~9 s on a busy 2-core machine) overlaps the
+        # first VAE batches; the write thread waits for it before it keys the first caption.
+        self.text_ready = self.text_thread.submit(self._load_text_encoder)
         self.text_futures: list[Future] = []
         self.write_futures: list[Future] = []
-        self.caption_keys: dict[str, str] = {}  # raw caption -> text key (hex)
         self.queued_keys: set[str] = set()
         self.text_batch: list[tuple[bytes, str]] = []
         self.vae_seconds = 0.0
@@ -56,14 +63,14 @@ class CachedEncoder:
                       for name in ("latent_mean", "latent_logvar")}
 
     def write_all(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        empty_key = self._caption_key("")  # the empty caption (text dropout, notes §3.2): stored once
         shards: dict[str, Any] = {"files": {}}
         total = sum(b["samples"] for split in latent_layout.SPLITS for b in self.job.layout[split])
         with Progress(STAGE, total, unit="sample", log=log) as progress:
             self.done, self.progress = 0, progress
             for split in latent_layout.SPLITS:
                 shards[split] = self._write_split(split) if self.job.layout[split] else []
-        self._submit_text()
+        text_encoder, empty_key, shards["files"] = self.text_ready.result()
+        self._submit_text()  # the write thread is idle: its last captions are queued
         for future in self.text_futures:
             future.result()
         self.text_thread.shutdown()
@@ -75,7 +82,8 @@ class CachedEncoder:
                 for shard in bucket["shards"]:
                     shards["files"][prefix + shard["uri"]] = manifest.file_entry(prefix + shard["uri"], shard["sha256"],
                                                                                 shard["bytes"])
-        counters = {"vae_seconds": self.vae_seconds, "storage_error": self._storage_error()}
+        counters = {"vae_seconds": self.vae_seconds, "storage_error": self._storage_error(),
+                    "text_encoder": text_encoder}
         return shards, info, counters
 
     def _write_split(self, split: str) -> list[dict[str, Any]]:
@@ -119,6 +127,7 @@ class CachedEncoder:
 
     def _encode(self, items: list[tuple[str, dict[str, Any], torch.Tensor]], slots: dict[str, tuple[int, int]],
                 entries: list[dict[str, Any]], folder: str) -> None:
+        self._raise_failures()
         video = torch.stack([item[2] for item in items]).to(self.job.device)  # (B, 3, F, H, W) in [-1, 1]
         started = time.perf_counter()
         with torch.inference_mode():
@@ -129,9 +138,7 @@ class CachedEncoder:
         self._measure(mean, stored["latent_mean"], "latent_mean")
         self._measure(logvar, stored["latent_logvar"], "latent_logvar")
         for row, (key, meta, _) in enumerate(items):
-            captions = meta["captions"]
-            sample_meta = {"key": key, "source_key": meta["source_key"], "captions": captions,
-                           "text_keys": [self._caption_key(c) for c in captions], "bucket": meta.get("bucket"),
+            sample_meta = {"key": key, "source_key": meta["source_key"], "captions": meta["captions"],
                            "source": meta.get("source")}
             tensors = {name: value[row].clone() for name, value in stored.items()}
             self.write_futures.append(self.write_thread.submit(self._add, slots[key], key, sample_meta, tensors,
@@ -139,9 +146,17 @@ class CachedEncoder:
         self.done += len(items)
         self.progress.update(self.done)
 
+    def _raise_failures(self) -> None:
+        """Fail now, not after the last VAE batch, when a background thread has failed."""
+        for future in [self.text_ready, *list(self.text_futures), *self.write_futures]:  # text: appended elsewhere
+            if future.done() and future.exception() is not None:
+                raise future.exception()
+        self.write_futures = [f for f in self.write_futures if not f.done()]  # appended by this thread only
+
     def _add(self, slot: tuple[int, int], key: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
              entries: list[dict[str, Any]], folder: str) -> None:
         """(write thread) Buffer one sample; write and upload its shard once the shard is complete."""
+        meta["text_keys"] = [self._caption_key(caption) for caption in meta["captions"]]
         entry = entries[slot[0]]
         entry["buffer"][slot[1]] = (key, json.dumps(meta, sort_keys=True).encode(), save_safetensors(tensors))
         if len(entry["buffer"]) < entry["samples"]:
@@ -159,9 +174,23 @@ class CachedEncoder:
 
     # ----------------------------------------------------------------- captions
 
-    @functools.cache  # noqa: B019 - one writer per run; raw caption -> key
+    def _load_text_encoder(self) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        """(text thread) The encoder loaded and saved into the output, the store opened, "" stored first."""
+        self.encoder, text_encoder, files = save_text_encoder(self.job.config.text, self.job.device, self.job.staging,
+                                                              self.job.out)
+        self.encoder_id = text_encoder["sha256"]
+        self.texts = TextStoreWriter(self.job.staging / TEXT_FOLDER, self.encoder_id, self.encoder.max_length,
+                                     DTYPES[self.encode.text_dtype], self.encode.text_shard_max_bytes)
+        # The empty caption (text dropout, notes §3.2): stored once, whatever the data holds.
+        empty_key = text_key(self.encoder_id, self.encoder.max_length, self.encoder.prepare([""])[0])
+        self.queued_keys.add(empty_key.hex())
+        self._encode_text([(empty_key, "")])
+        return text_encoder, empty_key.hex(), files
+
+    @functools.cache  # noqa: B019 - one writer per run, called from the write thread only; raw caption -> key
     def _caption_key(self, caption: str) -> str:
         """The text key of a raw caption; its embedding is queued for the text thread the first time."""
+        self.text_ready.result()
         cleaned = self.encoder.prepare([caption])[0]
         key = text_key(self.encoder_id, self.encoder.max_length, cleaned).hex()
         if key not in self.queued_keys:
@@ -200,3 +229,17 @@ class CachedEncoder:
             ref_rms = (stats["sum_ref_sq"] / max(1, stats["count"])) ** 0.5
             out[name] = {"max_abs": stats["max_abs"], "rms": rms, "relative_rms": rms / ref_rms if ref_rms else 0.0}
         return out
+
+
+def save_text_encoder(config: TextEncoderConfig, device: torch.device, staging: Path,
+                      out: str) -> tuple[TextEncoder, dict[str, Any], dict[str, Any]]:
+    """Load the configured text encoder and save it into `out/text_encoder/`, so training and sampling use
+    the very same one. Returns it, its manifest entry {uri, max_length, sha256 (its identity), width} and
+    the manifest entries of its files."""
+    encoder = load_text_encoder(config, device)
+    encoder.save(staging / TEXT_ENCODER_FOLDER)
+    encoder_id = stage.folder_sha256(str(staging / TEXT_ENCODER_FOLDER))
+    files = stage.upload_folder(staging / TEXT_ENCODER_FOLDER, out, prefix=f"{TEXT_ENCODER_FOLDER}/")
+    entry = {"uri": TEXT_ENCODER_FOLDER, "max_length": encoder.max_length, "sha256": encoder_id,
+             "width": encoder.d_model}
+    return encoder, entry, files
