@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ from components.dit.latents import open_latents
 from components.dit.text import load_text_encoder
 from components.dit.text_store import TextStore, text_key
 from tests.dit.latent_fixtures import SCALE_FACTOR, SHARED_CAPTION, TARGETS, bucket_of_keys, shard_contents
+from tests.killing import kill_when_file_appears
 
 
 def _source(shards):
@@ -190,3 +195,33 @@ def test_s3_round_trip(s3_bucket, source_shards, tiny_vae_folder):
     assert sum(len(b["key"]) for b in batches) == result["num_samples"] > 0
     assert batches[0]["text"].shape[-1] == 64 and loader.scale_factor == SCALE_FACTOR
     assert encode_latents(source_shards, tiny_vae_folder, out, overrides=["encode.targets=[1x32x32]"])["skipped"]
+
+
+def test_killed_run_leaves_nothing_finished_and_a_rerun_completes(source_shards, tiny_vae_folder, tmp_path):
+    out = tmp_path / "latents"
+    command = [sys.executable, "-m", "components.dit", "encode", "--data", str(source_shards), "--vae",
+               str(tiny_vae_folder), "--out", str(out), "--set", TARGETS, "--set", "encode.batch_size=1"]
+    log = tmp_path / "encode.log"
+    with log.open("w") as output:
+        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        kill_when_file_appears(proc, lambda: any((out / "shards").glob("*.tar")), timeout=240, log=log)
+    assert (out / ".lease.json").exists() and not (out / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="no latent manifest"):
+        open_latents(out)
+    result = encode_latents(source_shards, tiny_vae_folder, out, overrides=[TARGETS, "encode.batch_size=1"])
+    assert not result["skipped"] and not (out / ".lease.json").exists()
+    keys = [key for batch in open_latents(out) for key in batch["key"]]
+    assert len(keys) == len(set(keys)) == result["num_samples"]
+
+
+def test_one_writer_per_folder(source_shards, tiny_vae_folder, tmp_path):
+    from components.core import lease
+
+    held = lease.acquire(tmp_path / "latents", owner="another encode")
+    try:
+        with pytest.raises(lease.LeaseHeld, match="being written by 'another encode'"):
+            encode_latents(source_shards, tiny_vae_folder, tmp_path / "latents", overrides=["encode.targets=[1x32x32]"])
+    finally:
+        lease.release(held)
+    assert not (tmp_path / "latents" / "manifest.json").exists()
