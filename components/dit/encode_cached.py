@@ -135,6 +135,10 @@ class CachedEncoder:
             mean, logvar = posterior.mean.float().cpu(), posterior.logvar.float().cpu()  # (B, C, t, h, w)
         self.vae_seconds += time.perf_counter() - started
         stored = {"latent_mean": mean.to(self.latent_dtype), "latent_logvar": logvar.to(self.latent_dtype)}
+        if not all(bool(value.isfinite().all()) for value in stored.values()):
+            raise ValueError(f"encode.latent_dtype {self.encode.latent_dtype}: the VAE's posterior of "
+                             f"{[item[0] for item in items]} overflows it (largest |mean| {float(mean.abs().max()):.4g}); "
+                             "use bf16 or fp32")
         self._measure(mean, stored["latent_mean"], "latent_mean")
         self._measure(logvar, stored["latent_logvar"], "latent_logvar")
         for row, (key, meta, _) in enumerate(items):

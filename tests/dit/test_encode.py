@@ -69,13 +69,13 @@ def test_latent_folder_contents(cached_latents, source_shards, tiny_vae_folder):
             assert meta["key"] == key == latent_layout.latent_key(meta["source_key"], split_manifest_shape(buckets[key]))
             found.add((buckets[key], meta["source_key"]))
             tensors = load_safetensors(sample["safetensors"])
-            assert set(tensors) == {"latent_mean", "latent_logvar"} and tensors["latent_mean"].dtype == torch.bfloat16
+            assert set(tensors) == {"latent_mean", "latent_logvar"} and tensors["latent_mean"].dtype == torch.float16
         assert found == expected[split], split
         assert split_manifest["num_samples"] == len(expected[split])
-    # Bytes per sample: latents and text, both measured; the storage error of bf16 recorded.
+    # Bytes per sample: latents and text, both measured; the storage error of fp16 recorded.
     assert 0 < manifest["bytes_per_sample"]["latent"] and 0 < manifest["bytes_per_sample"]["text"]
-    error = manifest["latent"]["storage_error"]["latent_mean"]
-    assert 0 < error["relative_rms"] < 2**-8  # bf16: 8 mantissa bits
+    for name in ("latent_mean", "latent_logvar"):
+        assert 0 < manifest["latent"]["storage_error"][name]["relative_rms"] < 2**-11  # fp16: 11 significant bits
     used = {key for split in expected.values() for _, key in split}
     unused = sum(1 for keys in _source(source_shards)[1].values() for key in keys if key not in used)
     assert manifest["unfilled_targets"] == [] and manifest["num_unfit"] == unused == 4  # 80x48, and a 48x80 image
@@ -181,20 +181,22 @@ def test_bucket_loader_reads_latent_shards(cached_latents):
     for batch in batches:
         frames, height, width = batch["bucket"]
         shape = (len(batch["key"]), 4, (frames - 1) // 4 + 1, height // 8, width // 8)
-        assert batch["latent_mean"].shape == shape and batch["latent_logvar"].dtype == torch.bfloat16
+        assert batch["latent_mean"].shape == shape and batch["latent_logvar"].dtype == torch.float16
         assert "video" not in batch
         assert all(caption in meta["captions"] for caption, meta in zip(batch["caption"], batch["meta"], strict=True))
 
 
 def test_s3_round_trip(s3_bucket, source_shards, tiny_vae_folder):
-    out = f"{s3_bucket}/latents"
-    result = encode_latents(source_shards, tiny_vae_folder, out, overrides=["encode.targets=[1x32x32]"])
+    out, overrides = f"{s3_bucket}/latents", ["encode.targets=[1x32x32]", "encode.latent_dtype=bf16"]
+    result = encode_latents(source_shards, tiny_vae_folder, out, overrides=overrides)
     assert not result["skipped"] and storage.exists(f"{out}/manifest.json")
+    error = storage.read_json(f"{out}/manifest.json")["latent"]["storage_error"]["latent_mean"]["relative_rms"]
+    assert 2**-12 < error < 2**-8  # bf16: 8 significant bits
     loader = open_latents(out)
     batches = list(loader)
     assert sum(len(b["key"]) for b in batches) == result["num_samples"] > 0
     assert batches[0]["text"].shape[-1] == 64 and loader.scale_factor == SCALE_FACTOR
-    assert encode_latents(source_shards, tiny_vae_folder, out, overrides=["encode.targets=[1x32x32]"])["skipped"]
+    assert encode_latents(source_shards, tiny_vae_folder, out, overrides=overrides)["skipped"]
 
 
 def test_killed_run_leaves_nothing_finished_and_a_rerun_completes(source_shards, tiny_vae_folder, tmp_path):
