@@ -70,16 +70,16 @@ def encode_latents(data: str | Path, vae: str | Path, out: str | Path, preset: s
     for name in (model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE):  # never read an unfinished VAE output
         if storage.exists(storage.join(vae_uri, name)):
             manifest.require_finished(storage.join(vae_uri, name))
-    vae_model = load_vae(vae_uri)
-    compression = (vae_model.config.temporal_compression, vae_model.config.spatial_compression)
-    layout = latent_layout.plan(data_uri, source, index, config.encode, compression)  # bad targets fail here
     inputs = {"data": stage.input_file(data_uri), "vae": {"uri": vae_uri, "sha256": stage.folder_sha256(vae_uri)}}
     with lease.hold(out, owner=f"t2v dit encode --data {data_uri}") as held:
         done = stage.finished(out, settings_hash(config), inputs)
         if done:
             return {"manifest": manifest.manifest_uri(out), "skipped": True, "samples": done["num_samples"],
                     "mlflow_run_id": done["mlflow_run_id"]}
-        _remove_previous(out)
+        vae_model = load_vae(vae_uri)
+        compression = (vae_model.config.temporal_compression, vae_model.config.spatial_compression)
+        layout = latent_layout.plan(data_uri, source, index, config.encode, compression)  # bad targets fail here
+        _remove_previous(out)  # only now: a run that fails on its inputs leaves the previous output as it was
         params = {"preset": str(preset), "data": data_uri, "vae": vae_uri, "out": out,
                   "encode": config.encode.model_dump(mode="json"), "text_source": config.text.source,
                   "text_max_length": config.text.max_length}

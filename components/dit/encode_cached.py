@@ -25,7 +25,6 @@ from components.core.progress import Progress
 from components.data.loader import BucketLoader, LoaderConfig
 from components.dit import latent_layout
 from components.dit.latent_layout import (
-    INDEX_FILE,
     SHARD_FOLDER,
     STAGE,
     TEXT_ENCODER_FOLDER,
@@ -63,70 +62,70 @@ class CachedEncoder:
                       for name in ("latent_mean", "latent_logvar")}
 
     def write_all(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        shards: dict[str, Any] = {"files": {}}
-        total = sum(b["samples"] for split in latent_layout.SPLITS for b in self.job.layout[split])
-        with Progress(STAGE, total, unit="sample", log=log) as progress:
-            self.done, self.progress = 0, progress
-            for split in latent_layout.SPLITS:
-                shards[split] = self._write_split(split) if self.job.layout[split] else []
-        text_encoder, empty_key, shards["files"] = self.text_ready.result()
+        layout = self.job.layout
+        # Where each latent sample goes: (entry number, position in the entry); entries of both splits.
+        self.slots: dict[str, tuple[int, int]] = {}
+        self.entries: list[dict[str, Any]] = []
+        for split in latent_layout.SPLITS:
+            folder = storage.join(self.job.out, VAL_FOLDER) if split == "val" else self.job.out
+            for bucket in layout[split]:
+                shape = (bucket["frames"], bucket["height"], bucket["width"])
+                for number, shard in enumerate(bucket["shards"]):
+                    for ordinal, source_key in enumerate(shard["keys"]):
+                        self.slots[latent_layout.latent_key(source_key, shape)] = (len(self.entries), ordinal)
+                    self.entries.append({"name": f"{SHARD_FOLDER}/{bucket['name']}-{number:05d}.tar", "folder": folder,
+                                         "samples": shard["samples"], "buffer": {}})
+        total = sum(b["samples"] for split in latent_layout.SPLITS for b in layout[split])
+        with Progress(STAGE, total, unit="sample", log=log) as self.progress:
+            self.done = 0
+            self._read_and_encode()
+        for future in self.write_futures:
+            future.result()
+        text_encoder, empty_key, files = self.text_ready.result()
         self._submit_text()  # the write thread is idle: its last captions are queued
         for future in self.text_futures:
             future.result()
         self.text_thread.shutdown()
+        self.write_thread.shutdown()
         info = self.texts.close(bytes.fromhex(empty_key))
-        shards["files"] |= stage.upload_folder(self.job.staging / TEXT_FOLDER, self.job.out, prefix=f"{TEXT_FOLDER}/")
+        files |= stage.upload_folder(self.job.staging / TEXT_FOLDER, self.job.out, prefix=f"{TEXT_FOLDER}/")
+        results = iter(entry["result"] for entry in self.entries)
+        shards: dict[str, Any] = {"files": files}
         for split in latent_layout.SPLITS:
+            prefix = "" if split == "train" else f"{VAL_FOLDER}/"
+            shards[split] = [{**{k: bucket[k] for k in ("name", "frames", "height", "width", "samples")},
+                              "shards": [next(results) for _ in bucket["shards"]]} for bucket in layout[split]]
             for bucket in shards[split]:
-                prefix = "" if split == "train" else f"{VAL_FOLDER}/"
                 for shard in bucket["shards"]:
-                    shards["files"][prefix + shard["uri"]] = manifest.file_entry(prefix + shard["uri"], shard["sha256"],
-                                                                                shard["bytes"])
+                    files[prefix + shard["uri"]] = manifest.file_entry(prefix + shard["uri"], shard["sha256"],
+                                                                       shard["bytes"])
         counters = {"vae_seconds": self.vae_seconds, "storage_error": self._storage_error(),
                     "text_encoder": text_encoder}
         return shards, info, counters
 
-    def _write_split(self, split: str) -> list[dict[str, Any]]:
-        layout = self.job.layout[split]
-        folder = storage.join(self.job.out, VAL_FOLDER) if split == "val" else self.job.out
-        virtual = self.job.staging / f"layout-{split}.json"
-        storage.write_json(virtual, manifest.build_manifest(
-            stage=STAGE, preset=self.job.preset, config={}, config_hash="0" * 64, inputs={}, files={},
-            format="webdataset", train_fps=self.job.source["train_fps"], num_samples=sum(b["samples"] for b in layout),
-            num_unfit=0, index={"uri": INDEX_FILE, "sha256": "0" * 64}, buckets=latent_layout.without_keys(layout)))
-        # One clip per step, so every sample is served in epoch 0 (no partial batch carried over); clips
-        # are then batched per bucket below.
-        reader = BucketLoader(str(virtual), LoaderConfig(batch_tokens=1, max_batch_size=1, shuffle_shards=1,
-                                                         num_workers=self.encode.read_workers),
-                              rank=0, world_size=1, transform=latent_layout.cut_to_bucket)
-        # Where each latent sample goes: (entry number, position in the entry), and the entry's name.
-        slots: dict[str, tuple[int, int]] = {}
-        entries: list[dict[str, Any]] = []
-        for bucket in layout:
-            shape = (bucket["frames"], bucket["height"], bucket["width"])
-            for number, shard in enumerate(bucket["shards"]):
-                entry = len(entries)
-                for ordinal, source_key in enumerate(shard["keys"]):
-                    slots[latent_layout.latent_key(source_key, shape)] = (entry, ordinal)
-                entries.append({"name": f"{SHARD_FOLDER}/{bucket['name']}-{number:05d}.tar", "samples": shard["samples"],
-                                "buffer": {}})
-        pending: dict[tuple[int, int, int], list[tuple[str, dict[str, Any], torch.Tensor]]] = {}
+    def _read_and_encode(self) -> None:
+        """Every source clip read and decoded once, cut to each of its target buckets in the reader, and
+        encoded in batches of one (split, bucket)."""
+        targets_of = self.job.layout["targets_of"]
+        # One clip per step, so every sample is served in epoch 0 (no partial batch carried over).
+        config = LoaderConfig(batch_tokens=1, max_batch_size=1, shuffle_shards=1, buckets=sorted(targets_of),
+                              num_workers=self.encode.read_workers)
+        reader = BucketLoader(self.job.inputs["data"]["uri"], config, rank=0, world_size=1,
+                              transform=functools.partial(latent_layout.cut_to_targets, targets_of=targets_of))
+        pending: dict[tuple[str, str], list[tuple[str, dict[str, Any], torch.Tensor]]] = {}
         for batch in reader:
-            shape = batch["bucket"]
-            pending.setdefault(shape, []).append((batch["key"][0], batch["meta"][0], batch["video"][0]))
-            if len(pending[shape]) == self.encode.batch_size:
-                self._encode(pending.pop(shape), slots, entries, folder)
+            source_key, meta = batch["key"][0], batch["meta"][0]
+            split = latent_layout.split_of(source_key, self.encode.val_fraction)
+            for name in targets_of[latent_layout.Shape(*batch["bucket"]).name]:
+                key = latent_layout.latent_key(source_key, latent_layout.Shape.from_name(name).dims)
+                video = latent_layout.to_video(batch[latent_layout.PIXELS + name][0])  # (3, F, H, W)
+                pending.setdefault((split, name), []).append((key, {**meta, "source_key": source_key}, video))
+                if len(pending[split, name]) == self.encode.batch_size:
+                    self._encode(pending.pop((split, name)))
         for items in pending.values():
-            self._encode(items, slots, entries, folder)
-        for future in self.write_futures:
-            future.result()
-        self.write_futures = []
-        results = iter(entries)
-        return [{**{k: bucket[k] for k in ("name", "frames", "height", "width", "samples")},
-                 "shards": [next(results)["result"] for _ in bucket["shards"]]} for bucket in layout]
+            self._encode(items)
 
-    def _encode(self, items: list[tuple[str, dict[str, Any], torch.Tensor]], slots: dict[str, tuple[int, int]],
-                entries: list[dict[str, Any]], folder: str) -> None:
+    def _encode(self, items: list[tuple[str, dict[str, Any], torch.Tensor]]) -> None:
         self._raise_failures()
         video = torch.stack([item[2] for item in items]).to(self.job.device)  # (B, 3, F, H, W) in [-1, 1]
         started = time.perf_counter()
@@ -145,8 +144,7 @@ class CachedEncoder:
             sample_meta = {"key": key, "source_key": meta["source_key"], "captions": meta["captions"],
                            "source": meta.get("source")}
             tensors = {name: value[row].clone() for name, value in stored.items()}
-            self.write_futures.append(self.write_thread.submit(self._add, slots[key], key, sample_meta, tensors,
-                                                               entries, folder))
+            self.write_futures.append(self.write_thread.submit(self._add, self.slots[key], key, sample_meta, tensors))
         self.done += len(items)
         self.progress.update(self.done)
 
@@ -157,11 +155,10 @@ class CachedEncoder:
                 raise future.exception()
         self.write_futures = [f for f in self.write_futures if not f.done()]  # appended by this thread only
 
-    def _add(self, slot: tuple[int, int], key: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
-             entries: list[dict[str, Any]], folder: str) -> None:
+    def _add(self, slot: tuple[int, int], key: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """(write thread) Buffer one sample; write and upload its shard once the shard is complete."""
         meta["text_keys"] = [self._caption_key(caption) for caption in meta["captions"]]
-        entry = entries[slot[0]]
+        entry = self.entries[slot[0]]
         entry["buffer"][slot[1]] = (key, json.dumps(meta, sort_keys=True).encode(), save_safetensors(tensors))
         if len(entry["buffer"]) < entry["samples"]:
             return
@@ -172,7 +169,7 @@ class CachedEncoder:
                 tar.write({"__key__": sample_key, "json": meta_bytes, "safetensors": tensor_bytes})
         entry["buffer"] = {}
         size = path.stat().st_size
-        sha256 = storage.put_file(path, storage.join(folder, entry["name"]))
+        sha256 = storage.put_file(path, storage.join(entry["folder"], entry["name"]))
         path.unlink()
         entry["result"] = {"uri": entry["name"], "samples": entry["samples"], "bytes": size, "sha256": sha256}
 

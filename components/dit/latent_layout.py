@@ -18,11 +18,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from components.core import storage
 from components.dit.encode_config import EncodeConfig
 
 SPLITS = ("train", "val")
+PIXELS = "pixels:"  # the name prefix of a cut clip in the cached mode's reader
 # The latent folder (see encode.py): its stage name, and where each part lives in it.
 STAGE = "latents"
 SHARD_FOLDER = "shards"
@@ -41,6 +43,10 @@ class Shape:
     @property
     def name(self) -> str:
         return f"{self.frames}x{self.height}x{self.width}"
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        return (self.frames, self.height, self.width)
 
     @classmethod
     def from_name(cls, name: str) -> Shape:
@@ -74,14 +80,11 @@ def fits(source: Shape, target: Shape, config: EncodeConfig) -> bool:
     return rows * config.max_upscale >= target.height - 1e-6
 
 
-def cut_to_bucket(sample: dict[str, Any], bucket: tuple[int, int, int]) -> dict[str, Any]:
-    """Loader transform: a decoded source sample cut to `bucket` and keyed as that bucket's latent sample.
-
-    Video buckets take the first F frames (at the shards' train fps), image buckets the middle frame; then
-    a centre crop to the bucket's aspect and an area resize (reference notes §5.3 crops and resizes too).
-    """
+def cut(video: np.ndarray, bucket: tuple[int, int, int]) -> np.ndarray:
+    """A clip (T, H, W, 3) uint8 cut to `bucket`: video buckets take the first F frames (at the shards' train
+    fps), image buckets the middle frame; then a centre crop to the bucket's aspect and an area resize
+    (reference notes §5.3 crops and resizes too). Both encode modes cut with this one function."""
     frames, height, width = bucket
-    video = sample["video"]  # (T, H, W, 3) uint8
     middle = video.shape[0] // 2
     video = video[middle : middle + 1] if frames == 1 else video[:frames]
     top, left, rows, columns = _crop_box(video.shape[1], video.shape[2], height / width)
@@ -89,9 +92,28 @@ def cut_to_bucket(sample: dict[str, Any], bucket: tuple[int, int, int]) -> dict[
     if (rows, columns) != (height, width):
         interpolation = cv2.INTER_AREA if rows >= height else cv2.INTER_LINEAR
         video = np.stack([cv2.resize(frame, (width, height), interpolation=interpolation) for frame in video])
+    return np.ascontiguousarray(video)
+
+
+def cut_to_bucket(sample: dict[str, Any], bucket: tuple[int, int, int]) -> dict[str, Any]:
+    """Loader transform (online mode): a source sample cut to `bucket`, keyed as that bucket's latent sample."""
     meta = {**sample["meta"], "source_key": sample["__key__"]}
-    return {**sample, "__key__": latent_key(sample["__key__"], bucket), "video": np.ascontiguousarray(video),
+    return {**sample, "__key__": latent_key(sample["__key__"], bucket), "video": cut(sample["video"], bucket),
             "meta": meta}
+
+
+def cut_to_targets(sample: dict[str, Any], bucket: tuple[int, int, int], targets_of: dict[str, list[str]]) -> dict[str, Any]:
+    """Loader transform (cached mode): a source sample, decoded once, cut to every target its bucket fills;
+    each cut a uint8 tensor (F, H, W, 3) named PIXELS + target name."""
+    video = sample.pop("video")
+    cuts = {PIXELS + name: torch.from_numpy(cut(video, Shape.from_name(name).dims))
+            for name in targets_of[Shape(*bucket).name]}
+    return {**sample, **cuts}
+
+
+def to_video(frames: torch.Tensor) -> torch.Tensor:
+    """(F, H, W, 3) uint8 -> (3, F, H, W) float32 in [-1, 1], the very arithmetic of the data loader's batches."""
+    return frames.permute(3, 0, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)
 
 
 def plan(source_uri: str, source: dict[str, Any], index: dict[str, list[str]], config: EncodeConfig,
@@ -105,13 +127,13 @@ def plan(source_uri: str, source: dict[str, Any], index: dict[str, list[str]], c
             raise ValueError(f"encode.targets: {target.name} does not fit the VAE: frames must be 1 + k*{temporal}, "
                              f"height and width multiples of {2 * spatial} (VAE {spatial} x DiT patch 2)")
     layout: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
-    used_sources: set[str] = set()
+    targets_of: dict[str, list[str]] = {}  # source bucket -> the targets it fills
     for target in sorted(targets):
         entries: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
         for bucket in source["buckets"]:
             if not fits(Shape(bucket["frames"], bucket["height"], bucket["width"]), target, config):
                 continue
-            used_sources.add(bucket["name"])
+            targets_of.setdefault(bucket["name"], []).append(target.name)
             for shard in bucket["shards"]:
                 keys = index.get(shard["uri"])
                 if keys is None or len(keys) != shard["samples"]:
@@ -133,9 +155,9 @@ def plan(source_uri: str, source: dict[str, Any], index: dict[str, list[str]], c
                                       "width": target.width, "samples": sum(s["samples"] for s in shards),
                                       "shards": shards})
     filled = {entry["name"] for split in SPLITS for entry in layout[split]}
-    unfit_clips = sum(b["samples"] for b in source["buckets"] if b["name"] not in used_sources)
+    unfit_clips = sum(b["samples"] for b in source["buckets"] if b["name"] not in targets_of)
     return {**layout, "unfilled_targets": [t.name for t in sorted(targets) if t.name not in filled],
-            "unfit_clips": unfit_clips}
+            "unfit_clips": unfit_clips, "targets_of": targets_of}
 
 
 def without_keys(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -227,3 +227,16 @@ def test_one_writer_per_folder(source_shards, tiny_vae_folder, tmp_path):
     finally:
         lease.release(held)
     assert not (tmp_path / "latents" / "manifest.json").exists()
+
+
+def test_nested_mlflow_run_with_counts_and_rates(source_shards, tiny_vae_folder, tmp_path):
+    from components.core import tracking
+
+    parent = tracking.start_run("pipeline")
+    result = encode_latents(source_shards, tiny_vae_folder, tmp_path / "latents", overrides=["encode.targets=[1x32x32]"],
+                            parent_run_id=parent.run_id)
+    [child] = tracking.child_runs(parent.run_id)
+    assert child["run_id"] == result["mlflow_run_id"] and child["name"] == "latents" and child["status"] == "FINISHED"
+    metrics = child["metrics"]
+    assert metrics["samples"] + metrics["val_samples"] == result["num_samples"] + metrics["val_samples"] > 0
+    assert metrics["clips_per_second"] > 0 and metrics["bytes_per_sample_latent"] > 0 and metrics["text_entries"] > 1

@@ -62,3 +62,12 @@ def test_bucket_selection_and_val(cached_latents):
     train = [key for batch in open_latents(cached_latents[0], CONFIG) for key in batch["key"]]
     assert keys and not set(keys) & set(train)
     assert val.scale_factor == open_latents(cached_latents[0], CONFIG).scale_factor
+
+
+def test_reader_processes_give_the_same_batches(cached_latents):
+    def epoch(workers: int) -> list:
+        config = CONFIG.model_copy(update={"num_workers": workers})
+        return [(b["key"], b["latent_mean"], b["text"]) for b in open_latents(cached_latents[0], config)]
+
+    for (key, mean, text), (key2, mean2, text2) in zip(epoch(0), epoch(1), strict=True):
+        assert key == key2 and torch.equal(mean, mean2) and torch.equal(text, text2)
