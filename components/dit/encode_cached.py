@@ -24,13 +24,6 @@ from components.core import manifest, stage, storage
 from components.core.progress import Progress
 from components.data.loader import BucketLoader, LoaderConfig
 from components.dit import latent_layout
-from components.dit.latent_layout import (
-    SHARD_FOLDER,
-    STAGE,
-    TEXT_ENCODER_FOLDER,
-    TEXT_FOLDER,
-    VAL_FOLDER,
-)
 from components.dit.text import TextEncoder, TextEncoderConfig, load_text_encoder
 from components.dit.text_store import TextStoreWriter, text_key
 
@@ -67,16 +60,16 @@ class CachedEncoder:
         self.slots: dict[str, tuple[int, int]] = {}
         self.entries: list[dict[str, Any]] = []
         for split in latent_layout.SPLITS:
-            folder = storage.join(self.job.out, VAL_FOLDER) if split == "val" else self.job.out
+            folder = storage.join(self.job.out, latent_layout.VAL_FOLDER) if split == "val" else self.job.out
             for bucket in layout[split]:
                 shape = (bucket["frames"], bucket["height"], bucket["width"])
                 for number, shard in enumerate(bucket["shards"]):
                     for ordinal, source_key in enumerate(shard["keys"]):
                         self.slots[latent_layout.latent_key(source_key, shape)] = (len(self.entries), ordinal)
-                    self.entries.append({"name": f"{SHARD_FOLDER}/{bucket['name']}-{number:05d}.tar", "folder": folder,
-                                         "samples": shard["samples"], "buffer": {}})
+                    name = f"{latent_layout.SHARD_FOLDER}/{bucket['name']}-{number:05d}.tar"
+                    self.entries.append({"name": name, "folder": folder, "samples": shard["samples"], "buffer": {}})
         total = sum(b["samples"] for split in latent_layout.SPLITS for b in layout[split])
-        with Progress(STAGE, total, unit="sample", log=log) as self.progress:
+        with Progress(latent_layout.STAGE, total, unit="sample", log=log) as self.progress:
             self.done = 0
             self._read_and_encode()
         for future in self.write_futures:
@@ -88,11 +81,12 @@ class CachedEncoder:
         self.text_thread.shutdown()
         self.write_thread.shutdown()
         info = self.texts.close(bytes.fromhex(empty_key))
-        files |= stage.upload_folder(self.job.staging / TEXT_FOLDER, self.job.out, prefix=f"{TEXT_FOLDER}/")
+        text_folder = latent_layout.TEXT_FOLDER
+        files |= stage.upload_folder(self.job.staging / text_folder, self.job.out, prefix=f"{text_folder}/")
         results = iter(entry["result"] for entry in self.entries)
         shards: dict[str, Any] = {"files": files}
         for split in latent_layout.SPLITS:
-            prefix = "" if split == "train" else f"{VAL_FOLDER}/"
+            prefix = "" if split == "train" else f"{latent_layout.VAL_FOLDER}/"
             shards[split] = [{**{k: bucket[k] for k in ("name", "frames", "height", "width", "samples")},
                               "shards": [next(results) for _ in bucket["shards"]]} for bucket in layout[split]]
             for bucket in shards[split]:
@@ -116,8 +110,8 @@ class CachedEncoder:
         for batch in reader:
             source_key, meta = batch["key"][0], batch["meta"][0]
             split = latent_layout.split_of(source_key, self.encode.val_fraction)
-            for name in targets_of[latent_layout.Shape(*batch["bucket"]).name]:
-                key = latent_layout.latent_key(source_key, latent_layout.Shape.from_name(name).dims)
+            for name in targets_of[latent_layout.bucket_name(batch["bucket"])]:
+                key = latent_layout.latent_key(source_key, latent_layout.bucket_dims(name))
                 video = latent_layout.to_video(batch[latent_layout.PIXELS + name][0])  # (3, F, H, W)
                 pending.setdefault((split, name), []).append((key, {**meta, "source_key": source_key}, video))
                 if len(pending[split, name]) == self.encode.batch_size:
@@ -180,8 +174,8 @@ class CachedEncoder:
         self.encoder, text_encoder, files = save_text_encoder(self.job.config.text, self.job.device, self.job.staging,
                                                               self.job.out)
         self.encoder_id = text_encoder["sha256"]
-        self.texts = TextStoreWriter(self.job.staging / TEXT_FOLDER, self.encoder_id, self.encoder.max_length,
-                                     DTYPES[self.encode.text_dtype], self.encode.text_shard_max_bytes)
+        self.texts = TextStoreWriter(self.job.staging / latent_layout.TEXT_FOLDER, self.encoder_id,
+                                     self.encoder.max_length, DTYPES[self.encode.text_dtype], self.encode.text_shard_max_bytes)
         # The empty caption (text dropout, notes §3.2): stored once, whatever the data holds.
         empty_key = text_key(self.encoder_id, self.encoder.max_length, self.encoder.prepare([""])[0])
         self.queued_keys.add(empty_key.hex())
@@ -238,9 +232,10 @@ def save_text_encoder(config: TextEncoderConfig, device: torch.device, staging: 
     the very same one. Returns it, its manifest entry {uri, max_length, sha256 (its identity), width} and
     the manifest entries of its files."""
     encoder = load_text_encoder(config, device)
-    encoder.save(staging / TEXT_ENCODER_FOLDER)
-    encoder_id = stage.folder_sha256(str(staging / TEXT_ENCODER_FOLDER))
-    files = stage.upload_folder(staging / TEXT_ENCODER_FOLDER, out, prefix=f"{TEXT_ENCODER_FOLDER}/")
-    entry = {"uri": TEXT_ENCODER_FOLDER, "max_length": encoder.max_length, "sha256": encoder_id,
+    folder = latent_layout.TEXT_ENCODER_FOLDER
+    encoder.save(staging / folder)
+    encoder_id = stage.folder_sha256(str(staging / folder))
+    files = stage.upload_folder(staging / folder, out, prefix=f"{folder}/")
+    entry = {"uri": folder, "max_length": encoder.max_length, "sha256": encoder_id,
              "width": encoder.d_model}
     return encoder, entry, files
