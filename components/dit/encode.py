@@ -16,8 +16,8 @@ The output folder, in the shard manifest's bucket format so the data component's
 The posterior is stored, not a sample, so training draws fresh VAE noise every epoch as the reference's
 per-step encode does. With `encode.mode: online` only the layout is written: its shard entries point at
 the source tars, and `components.dit.latents` encodes on the fly (same batches up to the posterior
-sample). Overlap: source clips are decoded in a loader worker process, text encoding and shard writing
-run in background threads; the VAE runs in the calling thread (bench/dit_encode.py measures the cost).
+sample). Overlap (encode_cached.py): each clip is decoded once (optionally in reader processes), text
+encoding and shard writing run in background threads, the VAE in the calling thread (bench/dit_encode.py).
 """
 
 from __future__ import annotations

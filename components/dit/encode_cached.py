@@ -1,8 +1,9 @@
 """Cached mode of `t2v dit encode`: every clip of the layout read, encoded by the VAE and written into
 latent shards; every distinct caption encoded once into the text store.
 
-Clips are decoded by the source loader's worker process and cut to their bucket there; the VAE runs in
-the calling thread on batches of one bucket; captions are encoded by one background thread and shards are
+Each source clip is decoded once and cut to every target bucket it fills by the source loader's transform
+(in `encode.read_workers` reader processes, or in this one); the VAE runs in the calling thread on
+batches of one bucket; captions are encoded by one background thread and shards are
 serialised, tarred and uploaded by another, so both hide behind the VAE (bench/dit_encode.py).
 """
 

@@ -157,9 +157,6 @@ class TextStore:
             self._handles[number] = safe_open(str(path), framework="pt")
         return self._handles[number]
 
-    def __getstate__(self) -> dict[str, Any]:  # open handles and the cache folder stay with their process
-        return {**self.__dict__, "_handles": {}, "_cache": None}
-
 
 def _metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` of an in-memory safetensors file (its header is 8 bytes of length, then JSON)."""
