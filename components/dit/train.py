@@ -122,7 +122,7 @@ def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ct
                   **config.model_dump(mode="json", exclude={"train": {"stages"}})}
         resume_id = shared["mlflow_run_id"] if shared else None
         with training_run(ctx, stage_name(number), resume_id, parent_run_id, tags, params) as run:
-            loop = Loop(number, config, ctx, out, run_hash, parts, loader,
+            loop = Loop(number, config, ctx, out, data_manifest, run_hash, parts, loader,
                         Conditioning(float(loader.scale_factor), loader.empty_text, loader.empty_mask), events, run)
             if latest is not None:
                 loop.restore(latest[1])

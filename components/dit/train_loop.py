@@ -72,6 +72,7 @@ class Loop:
     config: DiTConfig
     ctx: Context
     out: str
+    data: str  # the latent manifest
     run_hash: str
     parts: Parts
     loader: Any
@@ -133,8 +134,8 @@ class Loop:
 
     def next_batch(self) -> tuple[int, dict[str, Any]]:
         """The next usable batch and its index in the loader's order; skipped batches are passed over."""
-        return next_usable_batch(self, f"{self.loader.manifest_uri}: stage {self.number}'s buckets yield no global "
-                                       f"batch on {self.ctx.dp_size} ranks")
+        return next_usable_batch(self, lambda: f"{self.data}: stage {self.number}'s buckets yield no global batch "
+                                               f"on {self.ctx.dp_size} ranks")
 
     # ----------------------------------------------------------------------- checkpoints
 

@@ -95,8 +95,8 @@ class Loop:
 
     def next_batch(self) -> tuple[int, torch.Tensor]:
         """The next usable batch's index and this rank's video (b, 3, T, H, W); the NaN test hook here."""
-        index, batch = next_usable_batch(self, f"{self.loader.manifest_uri}: bucket {self.config.data.bucket} yields "
-                                               f"no global batch of {self.config.data.batch_size} x {self.ctx.dp_size} clips")
+        index, batch = next_usable_batch(self, lambda: f"{self.loader.manifest_uri}: bucket {self.config.data.bucket} "
+                                         f"yields no global batch of {self.config.data.batch_size} x {self.ctx.dp_size} clips")
         video = batch["video"].to(self.ctx.device, non_blocking=True)  # (b, 3, T, H, W) in [-1, 1]
         if index in self.config.train.inject_nan_batches:
             video = torch.full_like(video, float("nan"))  # test hook for the instability guard

@@ -10,6 +10,7 @@ them waiting on different collectives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,9 +91,9 @@ class Guard:
 # `restore(checkpoint_uri)`.
 
 
-def next_usable_batch(loop: Any, empty: str) -> tuple[int, dict[str, Any]]:
+def next_usable_batch(loop: Any, empty: Callable[[], str]) -> tuple[int, dict[str, Any]]:
     """The loader's next batch that is not on the skip list, and its index in the loader's order (the same on
-    every rank); an epoch's end starts the next one. `empty`: the error when an epoch yields no batch at all."""
+    every rank); an epoch's end starts the next one. `empty()`: the error when an epoch yields no batch."""
     while True:
         if loop.iterator is None:
             loop.iterator = iter(loop.loader)
@@ -101,7 +102,7 @@ def next_usable_batch(loop: Any, empty: str) -> tuple[int, dict[str, Any]]:
             loop.iterator = iter(loop.loader)
             batch = next(loop.iterator, None)
             if batch is None:
-                raise ValueError(empty)
+                raise ValueError(empty())
         index = loop.batches_drawn
         loop.batches_drawn += 1
         if index in loop.guard.skip_batches:
