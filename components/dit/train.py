@@ -51,7 +51,7 @@ from components.dit.train_config import StageConfig
 from components.dit.train_export import finish
 from components.dit.train_inputs import (
     Handoff,
-    conditioning,
+    conditioning_record,
     open_loader,
     read_init,
     select_buckets,
@@ -124,7 +124,7 @@ def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ct
                     profiling.PeakMemory(ctx.device, interval=0.05) as memory:
                 loop.fit()
             seconds = time.perf_counter() - started
-            return finish(loop, preset, inputs, handoff, conditioning(latent_manifest, data_manifest, latent_root), seconds,
+            return finish(loop, preset, inputs, handoff, conditioning_record(latent_manifest, data_manifest, latent_root), seconds,
                           loop.step - start_step, memory.peak, held)
 
 
