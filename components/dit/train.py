@@ -124,8 +124,8 @@ def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ct
                     profiling.PeakMemory(ctx.device, interval=0.05) as memory:
                 loop.fit()
             seconds = time.perf_counter() - started
-            return finish(loop, preset, inputs, handoff, conditioning_record(latent_manifest, data_manifest, latent_root), seconds,
-                          loop.step - start_step, memory.peak, held)
+            record = conditioning_record(latent_manifest, data_manifest, latent_root)
+            return finish(loop, preset, inputs, handoff, record, seconds, loop.step - start_step, memory.peak, held)
 
 
 def build(config: DiTConfig, stage_config: StageConfig, number: int, ctx: Context, handoff: Handoff | None) -> Parts:
