@@ -16,8 +16,8 @@ The output folder, in the shard manifest's bucket format so the data component's
 The posterior is stored, not a sample, so training draws fresh VAE noise every epoch as the reference's
 per-step encode does. With `encode.mode: online` only the layout is written: its shard entries point at
 the source tars, and `components.dit.latents` encodes on the fly (same batches up to the posterior
-sample). Overlap: source clips are decoded in a loader worker process, text encoding and shard writing
-run in background threads; the VAE runs in the calling thread (bench/dit_encode.py measures the cost).
+sample). Overlap (encode_cached.py): each clip is decoded once (optionally in reader processes), text
+encoding and shard writing run in background threads, the VAE in the calling thread (bench/dit_encode.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from components.core import lease, manifest, model_folder, runtime, stage, stora
 from components.core.config import StrictModel, config_hash
 from components.dit import latent_layout
 from components.dit.config import DiTConfig, load_dit_config
-from components.dit.encode_cached import CachedEncoder
+from components.dit.encode_cached import CachedEncoder, save_text_encoder
 from components.dit.encode_config import EncodeConfig
 from components.dit.latent_layout import (
     INDEX_FILE,
@@ -43,7 +43,7 @@ from components.dit.latent_layout import (
     TEXT_FOLDER,
     VAL_FOLDER,
 )
-from components.dit.text import TextEncoderConfig, load_text_encoder
+from components.dit.text import TextEncoderConfig
 from components.vae import load_vae
 
 log = logging.getLogger(__name__)
@@ -70,16 +70,16 @@ def encode_latents(data: str | Path, vae: str | Path, out: str | Path, preset: s
     for name in (model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE):  # never read an unfinished VAE output
         if storage.exists(storage.join(vae_uri, name)):
             manifest.require_finished(storage.join(vae_uri, name))
-    vae_model = load_vae(vae_uri)
-    compression = (vae_model.config.temporal_compression, vae_model.config.spatial_compression)
-    layout = latent_layout.plan(data_uri, source, index, config.encode, compression)  # bad targets fail here
     inputs = {"data": stage.input_file(data_uri), "vae": {"uri": vae_uri, "sha256": stage.folder_sha256(vae_uri)}}
     with lease.hold(out, owner=f"t2v dit encode --data {data_uri}") as held:
         done = stage.finished(out, settings_hash(config), inputs)
         if done:
             return {"manifest": manifest.manifest_uri(out), "skipped": True, "samples": done["num_samples"],
                     "mlflow_run_id": done["mlflow_run_id"]}
-        _remove_previous(out)
+        vae_model = load_vae(vae_uri)
+        compression = (vae_model.config.temporal_compression, vae_model.config.spatial_compression)
+        layout = latent_layout.plan(data_uri, source, index, config.encode, compression)  # bad targets fail here
+        _remove_previous(out)  # only now: a run that fails on its inputs leaves the previous output as it was
         params = {"preset": str(preset), "data": data_uri, "vae": vae_uri, "out": out,
                   "encode": config.encode.model_dump(mode="json"), "text_source": config.text.source,
                   "text_max_length": config.text.max_length}
@@ -151,16 +151,11 @@ class _Job:
         started = time.perf_counter()
         with storage.staging_dir("t2v-encode-") as staging:
             self.staging = Path(staging)
-            encoder = load_text_encoder(self.config.text, self.device)
-            encoder.save(self.staging / TEXT_ENCODER_FOLDER)
-            encoder_id = stage.folder_sha256(str(self.staging / TEXT_ENCODER_FOLDER))
-            files = stage.upload_folder(self.staging / TEXT_ENCODER_FOLDER, self.out, prefix=f"{TEXT_ENCODER_FOLDER}/")
-            text_encoder = {"uri": TEXT_ENCODER_FOLDER, "max_length": encoder.max_length, "sha256": encoder_id,
-                            "width": encoder.d_model}
             if self.encode.mode == "cached":
-                shards, text_info, counters = CachedEncoder(self, encoder, encoder_id).write_all()
-                files |= shards["files"]
+                shards, text_info, counters = CachedEncoder(self).write_all()
+                text_encoder, files = counters["text_encoder"], shards["files"]
             else:
+                _, text_encoder, files = save_text_encoder(self.config.text, self.device, self.staging, self.out)
                 shards = {split: latent_layout.without_keys(self.layout[split]) for split in latent_layout.SPLITS}
                 text_info, counters = None, {"vae_seconds": 0.0, "storage_error": None}
             seconds = time.perf_counter() - started
