@@ -51,7 +51,7 @@ from components.dit.train_config import StageConfig
 from components.dit.train_export import finish
 from components.dit.train_inputs import (
     Handoff,
-    conditioning,
+    conditioning_record,
     open_loader,
     read_init,
     select_buckets,
@@ -107,36 +107,25 @@ def _setup_and_fit(number: int, config: DiTConfig, stage_config: StageConfig, ct
             local = storage.local_dir(out)
             distributed.log_to_rank_file(ctx, local / "logs" if local else tracking.t2v_home() / "logs" / stage_name(number))
         events = EventLog(out, write=ctx.is_main)
-        latest, damaged = checkpoint.latest_intact(out, ctx)
-        for uri, reason in damaged:
-            events.add("damaged_checkpoint", checkpoint=uri, reason=reason)
-        shared = checkpoint.read_shared(latest[1]) if latest else None
-        if shared is not None and shared["run_hash"] != run_hash:
-            raise ValueError(f"{out} holds checkpoints of another configuration or stage ({latest[1]}); "
-                             f"use a fresh --out or delete them")
+        point = checkpoint.resume_point(out, ctx, run_hash, events)
         tags = {"stage": stage_name(number), "stage_number": number, "preset": preset, "processes": ctx.world_size,
                 **(handoff.lineage if handoff else {})}
         params = {"stage": number, "preset": preset, "data": data_manifest, "processes": ctx.world_size,
                   "init": handoff.model_folder if handoff else None, "buckets": buckets,
                   "global_batches": global_batches, "stage_config": stage_config.model_dump(mode="json"),
                   **config.model_dump(mode="json", exclude={"train": {"stages"}})}
-        resume_id = shared["mlflow_run_id"] if shared else None
-        with training_run(ctx, stage_name(number), resume_id, parent_run_id, tags, params) as run:
-            loop = Loop(number, config, ctx, out, run_hash, parts, loader,
+        with training_run(ctx, stage_name(number), point.mlflow_run_id, parent_run_id, tags, params) as run:
+            loop = Loop(number, config, ctx, out, data_manifest, run_hash, parts, loader,
                         Conditioning(float(loader.scale_factor), loader.empty_text, loader.empty_mask), events, run)
-            if latest is not None:
-                loop.restore(latest[1])
-                events.add("resume", from_checkpoint=latest[1])
-            else:
-                loop.save()  # step 0: a rollback target even before the first interval
+            checkpoint.start_or_resume(loop, point)
             started, start_step = time.perf_counter(), loop.step
             # Every step reallocates the same tensors: keeping freed memory makes CPU steps faster.
             with reuse_freed_memory(enabled=ctx.device.type == "cpu"), \
                     profiling.PeakMemory(ctx.device, interval=0.05) as memory:
                 loop.fit()
             seconds = time.perf_counter() - started
-            return finish(loop, preset, inputs, handoff, conditioning(latent_manifest, data_manifest, latent_root), seconds,
-                          loop.step - start_step, memory.peak, held)
+            record = conditioning_record(latent_manifest, data_manifest, latent_root)
+            return finish(loop, preset, inputs, handoff, record, seconds, loop.step - start_step, memory.peak, held)
 
 
 def build(config: DiTConfig, stage_config: StageConfig, number: int, ctx: Context, handoff: Handoff | None) -> Parts:

@@ -86,7 +86,7 @@ def open_loader(data_manifest: str, buckets: list[str], config: DiTConfig, stage
     return open_latents(data_manifest, loader_config, rank=ctx.dp_rank, world_size=ctx.dp_size)
 
 
-def conditioning(latent_manifest: dict[str, Any], uri: str, root: str) -> dict[str, Any]:
+def conditioning_record(latent_manifest: dict[str, Any], uri: str, root: str) -> dict[str, Any]:
     """What the model was trained with, copied from the latent manifest (`uri`, of the latent folder `root`):
     sampling decodes with this VAE and scale factor and encodes prompts with this text encoder, whose folder
     URI is made absolute here (the latent manifest names it inside the latent folder)."""

@@ -14,7 +14,7 @@ from components.core.distributed import Context
 from components.core.progress import Progress
 from components.core.training import checkpoint
 from components.core.training.events import EventLog
-from components.core.training.guard import BadStep, Guard
+from components.core.training.guard import BadStep, Guard, next_usable_batch, on_bad_step
 from components.core.training.rng import rng_state, set_rng_state
 from components.core.training.run import RankRun
 from components.dit.config import DiTConfig
@@ -72,6 +72,7 @@ class Loop:
     config: DiTConfig
     ctx: Context
     out: str
+    data: str  # the latent manifest
     run_hash: str
     parts: Parts
     loader: Any
@@ -105,7 +106,7 @@ class Loop:
             try:
                 result = train_step(self.parts, batch, self.conditioning, self.step, self.autocast)
             except BadStep as bad:
-                self.on_bad_step(index, str(bad))
+                on_bad_step(self, index, str(bad))
                 continue
             self.guard.good_step()
             self.step += 1
@@ -133,34 +134,8 @@ class Loop:
 
     def next_batch(self) -> tuple[int, dict[str, Any]]:
         """The next usable batch and its index in the loader's order; skipped batches are passed over."""
-        while True:
-            if self.iterator is None:
-                self.iterator = iter(self.loader)
-            batch = next(self.iterator, None)
-            if batch is None:  # end of an epoch: the loader's next iteration is the next epoch
-                self.iterator = iter(self.loader)
-                batch = next(self.iterator, None)
-                if batch is None:
-                    raise ValueError(f"{self.loader.manifest_uri}: stage {self.number}'s buckets yield no global "
-                                     f"batch on {self.ctx.dp_size} ranks")
-            index = self.batches_drawn
-            self.batches_drawn += 1
-            if index in self.guard.skip_batches:
-                self.events.add("skip_batch", batch=index)
-                continue
-            return index, batch
-
-    def on_bad_step(self, batch: int, reason: str) -> None:
-        self.events.add("bad_step", step=self.step, batch=batch, reason=reason)
-        self.run.log_metrics({"guard/bad_steps": self.events.count("bad_step")}, step=self.step)
-        if not self.guard.bad_step(batch, self.step, self.events.uri):
-            return
-        latest, _ = checkpoint.latest_intact(self.out, self.ctx)
-        offending = self.guard.rolled_back()
-        self.restore(latest[1])
-        self.events.add("rollback", to_step=latest[0], checkpoint=latest[1], skip_batches=offending)
-        self.run.log_metrics({"guard/rollbacks": self.guard.rollbacks}, step=self.step)
-        self.run.set_tags({"guard.rollbacks": self.guard.rollbacks, "guard.skip_batches": self.guard.skip_batches})
+        return next_usable_batch(self, lambda: f"{self.data}: stage {self.number}'s buckets yield no global batch "
+                                               f"on {self.ctx.dp_size} ranks")
 
     # ----------------------------------------------------------------------- checkpoints
 

@@ -101,25 +101,14 @@ def _fit(phase: int, config: VAEConfig, ctx: Context, out: str, inputs: dict[str
     parts = build(config, ctx, handoff)
     loader = open_loader(data_manifest, config, config.train.seed, ctx)
     events = EventLog(out, write=ctx.is_main)
-    latest, damaged = checkpoint.latest_intact(out, ctx)
-    for uri, reason in damaged:
-        events.add("damaged_checkpoint", checkpoint=uri, reason=reason)
-    shared = checkpoint.read_shared(latest[1]) if latest else None
-    if shared is not None and shared["run_hash"] != run_hash:
-        raise ValueError(f"{out} holds checkpoints of another configuration or phase ({latest[1]}); "
-                         f"use a fresh --out or delete them")
+    point = checkpoint.resume_point(out, ctx, run_hash, events)
     tags = {"stage": STAGES[phase], "phase": phase, "preset": preset, "processes": ctx.world_size,
             **(handoff.lineage if handoff else {})}
     params = {"phase": phase, "preset": preset, "data": data_manifest, "processes": ctx.world_size,
               "init": handoff.model_folder if handoff else None, **config.model_dump(mode="json")}
-    resume_id = shared["mlflow_run_id"] if shared else None
-    with training_run(ctx, STAGES[phase], resume_id, parent_run_id, tags, params) as run:
+    with training_run(ctx, STAGES[phase], point.mlflow_run_id, parent_run_id, tags, params) as run:
         loop = Loop(phase, config, ctx, out, run_hash, parts, loader, events, run)
-        if latest is not None:
-            loop.restore(latest[1])
-            events.add("resume", from_checkpoint=latest[1])
-        else:
-            loop.save()  # step 0: a rollback target even before the first interval
+        checkpoint.start_or_resume(loop, point)
         started, start_step = time.perf_counter(), loop.step
         # Every step reallocates the same tensors: keeping freed memory makes CPU steps ~1.3x faster.
         with reuse_freed_memory(enabled=ctx.device.type == "cpu"), profiling.PeakMemory(ctx.device, interval=0.05) as memory:

@@ -10,6 +10,7 @@ from typing import Any
 
 from components.core import distributed, lease, manifest, stage, storage, tracking
 from components.core.training import checkpoint
+from components.core.training.publish import publish_records
 from components.core.training.run import result
 from components.vae.official import save_vae
 from components.vae.train_inputs import STAGES, Handoff
@@ -41,13 +42,8 @@ def finish(loop: Loop, preset: str, inputs: dict[str, dict[str, str]], handoff: 
                 save_vae(Path(tmp) / name, module)
             files.update(stage.upload_folder(Path(tmp), out))
             loop.run.log_artifact(Path(tmp) / "model", "model")
-        storage.write_json(storage.join(out, "metrics.json"), metrics)
+        files.update(publish_records(out, metrics, loop.events, final_uri, loop.run, loop.step))
         final_name = storage.relative_to(final_uri, out)
-        for name in ("metrics.json", loop.events.uri.rsplit("/", 1)[-1], f"{final_name}/{checkpoint.INDEX_FILE}"):
-            if storage.exists(storage.join(out, name)):
-                files[name] = stage.file_entry(storage.join(out, name))
-        loop.run.log_metrics({"final/steps": loop.step}, step=loop.step)
-        loop.run.log_dict(metrics, "metrics.json")
         lineage = handoff.lineage if handoff else {}
         registered = None
         if loop.phase == 2:

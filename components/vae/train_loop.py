@@ -16,7 +16,7 @@ from components.core.distributed import Context
 from components.core.progress import Progress
 from components.core.training import checkpoint
 from components.core.training.events import EventLog
-from components.core.training.guard import BadStep, Guard
+from components.core.training.guard import BadStep, Guard, next_usable_batch, on_bad_step
 from components.core.training.rng import rng_state, set_rng_state
 from components.core.training.run import RankRun
 from components.vae.config import VAEConfig
@@ -71,7 +71,7 @@ class Loop:
                     batch, pending, self.pending = self.pending.batch_index, self.pending, None
                     terms = discriminator_step(self.parts, pending, self.autocast)
             except BadStep as bad:
-                self.on_bad_step(batch, str(bad))
+                on_bad_step(self, batch, str(bad))
                 continue
             self.guard.good_step()
             self.step += 1
@@ -94,41 +94,16 @@ class Loop:
             progress.close()
 
     def next_batch(self) -> tuple[int, torch.Tensor]:
-        """The next usable batch's index and this rank's video (b, 3, T, H, W); skips and test hooks here."""
-        while True:
-            if self.iterator is None:
-                self.iterator = iter(self.loader)
-            batch = next(self.iterator, None)
-            if batch is None:  # end of an epoch: the loader's next iteration is the next epoch
-                self.iterator = iter(self.loader)
-                batch = next(self.iterator, None)
-                if batch is None:
-                    raise ValueError(f"{self.loader.manifest_uri}: bucket {self.config.data.bucket} yields no "
-                                     f"global batch of {self.config.data.batch_size} x {self.ctx.dp_size} clips")
-            index = self.batches_drawn
-            self.batches_drawn += 1
-            if index in self.guard.skip_batches:
-                self.events.add("skip_batch", batch=index)
-                continue
-            video = batch["video"]  # (b, 3, T, H, W) in [-1, 1]
-            if self.config.data.crop_larger:
-                video = crop(video, batch["key"], self.config, index)  # (b, 3, F, H', W') of data.bucket
-            video = video.to(self.ctx.device, non_blocking=True)
-            if index in self.config.train.inject_nan_batches:
-                video = torch.full_like(video, float("nan"))  # test hook for the instability guard
-            return index, video
-
-    def on_bad_step(self, batch: int, reason: str) -> None:
-        self.events.add("bad_step", step=self.step, batch=batch, reason=reason)
-        self.run.log_metrics({"guard/bad_steps": self.events.count("bad_step")}, step=self.step)
-        if not self.guard.bad_step(batch, self.step, self.events.uri):
-            return
-        latest, _ = checkpoint.latest_intact(self.out, self.ctx)
-        offending = self.guard.rolled_back()
-        self.restore(latest[1])
-        self.events.add("rollback", to_step=latest[0], checkpoint=latest[1], skip_batches=offending)
-        self.run.log_metrics({"guard/rollbacks": self.guard.rollbacks}, step=self.step)
-        self.run.set_tags({"guard.rollbacks": self.guard.rollbacks, "guard.skip_batches": self.guard.skip_batches})
+        """The next usable batch's index and this rank's video (b, 3, T, H, W); the NaN test hook here."""
+        index, batch = next_usable_batch(self, lambda: f"{self.loader.manifest_uri}: bucket {self.config.data.bucket} "
+                                         f"yields no global batch of {self.config.data.batch_size} x {self.ctx.dp_size} clips")
+        video = batch["video"]  # (b, 3, T, H, W) in [-1, 1]
+        if self.config.data.crop_larger:
+            video = crop(video, batch["key"], self.config, index)  # (b, 3, F, H', W') of data.bucket
+        video = video.to(self.ctx.device, non_blocking=True)
+        if index in self.config.train.inject_nan_batches:
+            video = torch.full_like(video, float("nan"))  # test hook for the instability guard
+        return index, video
 
     # ----------------------------------------------------------------------- checkpoints
 

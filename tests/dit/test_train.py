@@ -99,6 +99,9 @@ def test_rerun_with_same_inputs_does_nothing_and_other_settings_are_refused(stag
     again = train_dit(1, str(data), str(root / "stage1"),
                       overrides=[*FAST, "train.log_every=1", "train.keep_checkpoints=5", "model.gradient_checkpointing=true"])
     assert again["skipped"] and again["mlflow_run_id"] == first["mlflow_run_id"]
+    # A stage's own latent folder (train.stages[i].data) replaces --data: the same input, so still finished.
+    assert train_dit(1, str(root / "nowhere"), str(root / "stage1"),
+                     overrides=[*FAST, f"train.stages.0.data={data}"])["skipped"]
     assert (root / "stage1" / "manifest.json").read_bytes() == before
     # Same folder, unfinished, other weights-changing settings: an error, not a silent mix.
     unfinished = root / "unfinished"

@@ -291,3 +291,41 @@ def _local_copy(uri: str, index: dict[str, Any]) -> Iterator[Path]:
 def _torch_load(path: Path) -> dict[str, Any]:
     # weights_only: tensors and plain containers only, never arbitrary objects from a file.
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------- resume or start
+
+
+@dataclass
+class ResumePoint:
+    """Where a trainer starts: its newest intact checkpoint and that checkpoint's shared state, or nothing."""
+
+    latest: tuple[int, str] | None
+    shared: dict[str, Any] | None
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        return self.shared["mlflow_run_id"] if self.shared else None
+
+
+def resume_point(out: str | Path, ctx: Context, run_hash: str, events: Any) -> ResumePoint:
+    """The newest intact checkpoint of `out` (damaged newer ones recorded in `events`); a ValueError when it
+    holds a run of other settings (`run_hash`): resuming it would mix two configurations in one model."""
+    latest, damaged = latest_intact(out, ctx)
+    for uri, reason in damaged:
+        events.add("damaged_checkpoint", checkpoint=uri, reason=reason)
+    shared = read_shared(latest[1]) if latest else None
+    if shared is not None and shared["run_hash"] != run_hash:
+        raise ValueError(f"{out} holds checkpoints of another configuration or stage ({latest[1]}); "
+                         f"use a fresh --out or delete them")
+    return ResumePoint(latest, shared)
+
+
+def start_or_resume(loop: Any, point: ResumePoint) -> None:
+    """Restore `loop` (a trainer's loop: `restore`, `save`, `events`) from the resume point, or write its
+    step-0 checkpoint: a rollback target even before the first interval."""
+    if point.latest is not None:
+        loop.restore(point.latest[1])
+        loop.events.add("resume", from_checkpoint=point.latest[1])
+    else:
+        loop.save()

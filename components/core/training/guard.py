@@ -10,6 +10,7 @@ them waiting on different collectives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from components.core.distributed import Context, all_true
+from components.core.training import checkpoint
 
 
 class BadStep(Exception):
@@ -82,3 +84,42 @@ class Guard:
         # A rollback restores an older checkpoint: what was learned since (skips, rollbacks) stays.
         self.skip_batches = sorted(set(self.skip_batches) | set(state["skip_batches"]))
         self.rollbacks = max(self.rollbacks, state["rollbacks"])
+
+
+# A trainer's loop, as the two helpers below use it (duck-typed): `loader`, `iterator` (None or an iterator
+# over the current epoch), `batches_drawn`, `guard`, `events`, `run`, `step`, `out`, `ctx` and
+# `restore(checkpoint_uri)`.
+
+
+def next_usable_batch(loop: Any, empty: Callable[[], str]) -> tuple[int, dict[str, Any]]:
+    """The loader's next batch that is not on the skip list, and its index in the loader's order (the same on
+    every rank); an epoch's end starts the next one. `empty()`: the error when an epoch yields no batch."""
+    while True:
+        if loop.iterator is None:
+            loop.iterator = iter(loop.loader)
+        batch = next(loop.iterator, None)
+        if batch is None:  # end of an epoch: the loader's next iteration is the next epoch
+            loop.iterator = iter(loop.loader)
+            batch = next(loop.iterator, None)
+            if batch is None:
+                raise ValueError(empty())
+        index = loop.batches_drawn
+        loop.batches_drawn += 1
+        if index in loop.guard.skip_batches:
+            loop.events.add("skip_batch", batch=index)
+            continue
+        return index, batch
+
+
+def on_bad_step(loop: Any, batch: int, reason: str) -> None:
+    """Record a bad step; after a streak, restore the latest intact checkpoint and skip the streak's batches."""
+    loop.events.add("bad_step", step=loop.step, batch=batch, reason=reason)
+    loop.run.log_metrics({"guard/bad_steps": loop.events.count("bad_step")}, step=loop.step)
+    if not loop.guard.bad_step(batch, loop.step, loop.events.uri):
+        return
+    latest, _ = checkpoint.latest_intact(loop.out, loop.ctx)
+    offending = loop.guard.rolled_back()
+    loop.restore(latest[1])
+    loop.events.add("rollback", to_step=latest[0], checkpoint=latest[1], skip_batches=offending)
+    loop.run.log_metrics({"guard/rollbacks": loop.guard.rollbacks}, step=loop.step)
+    loop.run.set_tags({"guard.rollbacks": loop.guard.rollbacks, "guard.skip_batches": loop.guard.skip_batches})
