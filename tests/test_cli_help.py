@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import shlex
 
 import pytest
 
@@ -83,3 +84,32 @@ def test_dit_eval_is_routed_to_the_eval_component(capsys):
     assert exited.value.code == 0
     assert "--dit DIT" in capsys.readouterr().out
     assert "t2v dit eval … runs t2v eval dit …" in usage()
+
+
+def _epilog_examples() -> list[tuple[str, str]]:
+    """(command path, example) for every subcommand whose epilog is `example: t2v …`."""
+    found = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if (sub.epilog or "").startswith("example: t2v "):
+                        found.append((f"{path} {name}", sub.epilog.removeprefix("example: ")))
+                    walk(sub, f"{path} {name}")
+
+    for group, (module, _) in GROUPS.items():
+        walk(importlib.import_module(module).build_parser(prog=f"t2v {group}"), f"t2v {group}")
+    return found
+
+
+@pytest.mark.parametrize("path, example", _epilog_examples(), ids=[path for path, _ in _epilog_examples()])
+def test_epilog_example_parses(path, example):
+    """Each shown example is a valid command line of its command (tests/dit/test_sample_cli.py runs the
+    sampling one end to end)."""
+    argv = shlex.split(example)
+    assert " ".join(argv[:len(path.split())]) == path
+    group = argv[1]
+    parser = importlib.import_module(GROUPS[group][0]).build_parser(prog=f"t2v {group}")
+    args = parser.parse_args(argv[2:])
+    assert args.command == argv[2]

@@ -317,13 +317,19 @@ def registered_version(uri: str) -> dict[str, Any]:
         raise ValueError(f"{uri}: no such registered model version ({exc.message})") from None
 
 
-def download_artifacts(artifact_uri: str, destination: str | Path) -> Path:
+def download_artifacts(artifact_uri: str, destination: str | Path, missing_ok: bool = False) -> Path | None:
     """Copy the artifacts at `artifact_uri` (`runs:/<run>/<path>`, `models:/…` or a store URI) into
-    `destination`; returns the local path of what was downloaded."""
+    `destination`; returns the local path of what was downloaded (None when absent and `missing_ok`)."""
     from mlflow.artifacts import download_artifacts as mlflow_download
+    from mlflow.exceptions import MlflowException
 
     Path(destination).mkdir(parents=True, exist_ok=True)
-    return Path(mlflow_download(artifact_uri=artifact_uri, dst_path=str(destination), tracking_uri=tracking_uri()))
+    try:
+        return Path(mlflow_download(artifact_uri=artifact_uri, dst_path=str(destination), tracking_uri=tracking_uri()))
+    except (MlflowException, OSError):
+        if missing_ok:
+            return None
+        raise
 
 
 def run_url(run: Run) -> str | None:

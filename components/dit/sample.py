@@ -69,7 +69,8 @@ class Sampler:
     def provenance(self) -> dict[str, Any]:
         """The models' URIs and checksums, for a record of what made the samples."""
         sources = self.sources
-        return {"dit": {"uri": sources.dit, "folder": sources.dit_folder, "sha256": folder_sha256(sources.model_folder),
+        return {"dit": {"uri": sources.dit, "folder": sources.dit_folder, "model_folder": sources.model_folder,
+                        "sha256": folder_sha256(sources.model_folder),
                         "registered_model": sources.registered_model},
                 "vae": {"uri": sources.vae, "sha256": folder_sha256(sources.vae)},
                 "text_encoder": {"uri": sources.text_encoder, "sha256": folder_sha256(sources.text_encoder),

@@ -6,8 +6,10 @@ the model was trained with.
 - an official Open-Sora Plan v1.2 folder (diffusers layout, no conditioning.json: `--vae` and
   `--text-encoder` are then required);
 - an MLflow registered model, `models:/<name>@<alias>` (e.g. `models:/t2v-dit@stage5`) or
-  `models:/<name>/<version>`. The version's tag `folder` (the stage folder URI, set by the trainer) wins;
-  without it the version's own artifacts are downloaded once into `$T2V_HOME/models/<name>/<version>`.
+  `models:/<name>/<version>`. The version's tag `folder` (the stage folder URI) wins; without it the
+  version's own artifacts are downloaded once into `$T2V_HOME/models/<name>/<version>`, with the
+  conditioning.json that the run logged beside them (`runs:/<run>/conditioning.json` for a version whose
+  source is `runs:/<run>/model_ema`) or inside them.
 
 `conditioning.json` (written by `t2v dit train` from the latent manifest) = {"vae": {"uri", "sha256"},
 "scale_factor", "text_encoder": {"uri", "max_length"}, "latents"}. Latents were multiplied by its
@@ -132,12 +134,19 @@ def _training_diffusion(folder: str) -> DiffusionConfig:
 
 
 def _registered_folder(version: dict[str, Any]) -> str:
-    """The stage folder a registered version names (tag `folder`), else its artifacts downloaded once."""
+    """The stage folder a registered version names (tag `folder`), else its artifacts, downloaded once, with
+    the run's conditioning.json logged beside them when there is one."""
     if version["tags"].get(FOLDER_TAG):
         return version["tags"][FOLDER_TAG]
     cache = tracking.t2v_home() / "models" / version["name"] / version["version"]
     done = cache / ".downloaded"  # holds the local path, written once the download is whole
     if not done.is_file():
+        model = tracking.download_artifacts(version["source"], cache / "artifacts")
+        if version["source"].startswith("runs:/") and not (model / CONDITIONING_FILE).is_file():
+            beside = version["source"].rstrip("/").rsplit("/", 1)[0]  # runs:/<run>/model_ema -> runs:/<run>
+            found = tracking.download_artifacts(f"{beside}/{CONDITIONING_FILE}", cache / "run", missing_ok=True)
+            if found is not None:
+                found.replace(model / CONDITIONING_FILE)
         done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(str(tracking.download_artifacts(version["source"], cache / "artifacts")))
+        done.write_text(str(model))
     return done.read_text()

@@ -20,9 +20,14 @@ _SLUG_CHARACTERS = 40
 
 
 def slug(prompt: str) -> str:
-    """A file-name-safe short form of a prompt: lower-case words joined by dashes."""
-    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
-    return words[:_SLUG_CHARACTERS].rstrip("-") or "prompt"
+    """A file-name-safe short form of a (cleaned) prompt: its first lower-case words joined by dashes."""
+    words = re.sub(r"[^a-z0-9]+", " ", prompt.lower()).split() or ["prompt"]
+    kept = words[:1]
+    for word in words[1:]:
+        if len("-".join([*kept, word])) > _SLUG_CHARACTERS:
+            break
+        kept.append(word)
+    return "-".join(kept)[:_SLUG_CHARACTERS]
 
 
 def write_samples(dit: str, prompts: Sequence[str], out: str, *, frames: int, height: int, width: int,
@@ -45,13 +50,15 @@ def write_samples(dit: str, prompts: Sequence[str], out: str, *, frames: int, he
                               quality_tags=quality_tags)  # (N, T, H, W, 3) uint8
     generated = time.perf_counter()
     encoded = sampler.prepared_prompts(prompts, quality_tags)
+    names = [f"{index:03d}-{slug(cleaned)}.mp4" for index, cleaned in enumerate(sampler.prepared_prompts(prompts))]
     records = []
     with storage.staging_dir("t2v-samples-") as staging:
-        for index, (prompt, video) in enumerate(zip(prompts, videos, strict=True)):
-            name = f"{index:03d}-{slug(prompt)}.mp4"
+        for index, (prompt, name, video) in enumerate(zip(prompts, names, videos, strict=True)):
             media.write_mp4(video, Path(staging) / name, fps)
             records.append({"index": index, "prompt": prompt, "encoded_prompt": encoded[index], "seed": seed + index,
-                            "file": name, "sha256": storage.put_file(Path(staging) / name, storage.join(out, name))})
+                            "file": name, "sha256": storage.put_file(Path(staging) / name, storage.join(out, name)),
+                            # the decoded frames themselves, whatever the encoder does with them
+                            "frames_sha256": storage.sha256_bytes(video.tobytes())})
     samples = {
         "samples": records,
         "scheduler": scheduler, "steps": steps, "guidance": guidance, "seed": seed,

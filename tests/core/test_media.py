@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from components.core import storage
 from components.core.media import (
     LABEL_HEIGHT,
     LABEL_WIDTH,
     clip_psnr,
     save_reconstruction_grid,
     save_side_by_side_video,
+    write_mp4,
 )
 from components.core.metrics import psnr
 
@@ -71,3 +73,21 @@ def test_video_frames_carry_labels_above_input_and_output(tmp_path):
     left, right = body[:, 4:44].mean(axis=(0, 1)), body[:, 52:92].mean(axis=(0, 1))
     assert left[0] > 180 and left[2] < 60, left  # input on the left
     assert right[2] > 180 and right[0] < 60, right  # output on the right
+
+
+
+def test_write_mp4_gives_the_same_file_for_the_same_frames(tmp_path):
+    """x264's assembly once gave one of two files for the same frames, by chance (1 encode in 5)."""
+    ramp = np.linspace(0, 255, 32 * 48).reshape(32, 48)
+    frames = np.stack([np.stack([np.roll(ramp, 3 * t, axis=1), np.flipud(ramp), np.full_like(ramp, 40 * (t % 3))],
+                                axis=-1) for t in range(9)]).astype(np.uint8)  # (9, 32, 48, 3)
+    files = {storage.sha256_file(write_mp4(frames, tmp_path / f"{i}.mp4", fps=8)) for i in range(12)}
+    assert len(files) == 1
+    capture = cv2.VideoCapture(str(tmp_path / "0.mp4"))
+    decoded = []
+    while (read := capture.read())[0]:
+        decoded.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2RGB))
+    assert np.stack(decoded).shape == frames.shape
+    assert np.abs(np.stack(decoded).astype(int) - frames).mean() < 4  # crf 18: close to the input
+    with pytest.raises(ValueError, match="frames must be"):
+        write_mp4(frames[0], tmp_path / "bad.mp4")

@@ -142,6 +142,16 @@ def test_registered_alias_resolves_by_folder_tag_or_artifacts(tracking_server, t
     assert np.array_equal(sample("models:/t2v-dit@stage2", PROMPTS[:1], **FAST), expected)
     assert np.array_equal(sample(f"models:/t2v-dit/{untagged}", PROMPTS[:1], **FAST), expected)
     run.finish()
+    # The trainer's layout: model_ema/ registered, conditioning.json logged at the run's root.
+    trainer_run = tracking.start_run("dit-stage3")
+    trainer_run.log_artifact(trained / "model_ema", "model_ema")
+    _register(trainer_run, "model_ema", {}, "stage3")
+    with pytest.raises(ValueError, match="no conditioning.json beside the model"):
+        resolve_sources("models:/t2v-dit@stage3")  # nothing names the VAE yet
+    trainer_run.log_artifact(trained / "conditioning.json")
+    _register(trainer_run, "model_ema", {}, "stage4")
+    assert np.array_equal(sample("models:/t2v-dit@stage4", PROMPTS[:1], **FAST), expected)
+    trainer_run.finish()
     with pytest.raises(ValueError, match="models:/t2v-dit@stage9: no such registered model version"):
         resolve_sources("models:/t2v-dit@stage9")
     with pytest.raises(ValueError, match="expected models:/<name>@<alias>"):
