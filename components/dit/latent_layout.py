@@ -13,36 +13,41 @@ side, and a re-run splits the same way.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from components.core import storage
 from components.dit.encode_config import EncodeConfig
 
 SPLITS = ("train", "val")
+PIXELS = "pixels:"  # the name prefix of a cut clip in the cached mode's reader
+# The latent folder (see encode.py): its stage name, and where each part lives in it.
+STAGE = "latents"
+SHARD_FOLDER = "shards"
+VAL_FOLDER = "val"
+TEXT_FOLDER = "text"
+TEXT_ENCODER_FOLDER = "text_encoder"
+INDEX_FILE = "index.json"
 
 
-@dataclass(frozen=True, order=True)
-class Shape:
-    frames: int
-    height: int
-    width: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.frames}x{self.height}x{self.width}"
-
-    @classmethod
-    def from_name(cls, name: str) -> Shape:
-        return cls(*(int(part) for part in name.split("x")))
+Dims = tuple[int, int, int]  # a bucket in pixels: (frames, height, width)
 
 
-def latent_key(source_key: str, bucket: tuple[int, int, int]) -> str:
+def bucket_name(dims: Dims) -> str:
+    return "x".join(str(size) for size in dims)
+
+
+def bucket_dims(name: str) -> Dims:
+    frames, height, width = (int(part) for part in name.split("x"))
+    return frames, height, width
+
+
+def latent_key(source_key: str, bucket: Dims) -> str:
     """The key of one clip in one bucket (unique in the latent folder; picks its caption each epoch)."""
-    return hashlib.sha256(f"{source_key}/{Shape(*bucket).name}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{source_key}/{bucket_name(bucket)}".encode()).hexdigest()[:32]
 
 
 def split_of(source_key: str, val_fraction: float) -> str:
@@ -52,29 +57,30 @@ def split_of(source_key: str, val_fraction: float) -> str:
 
 def _crop_box(height: int, width: int, aspect: float) -> tuple[int, int, int, int]:
     """(top, left, rows, columns) of the largest centred box of aspect rows/columns = `aspect`."""
-    rows, columns = (max(1, round(width * aspect)), width) if height / width > aspect else (height, max(1, round(height / aspect)))
+    if height / width > aspect:  # taller than the target: crop rows
+        rows, columns = max(1, round(width * aspect)), width
+    else:
+        rows, columns = height, max(1, round(height / aspect))
     return (height - rows) // 2, (width - columns) // 2, rows, columns
 
 
-def fits(source: Shape, target: Shape, config: EncodeConfig) -> bool:
+def fits(source: Dims, target: Dims, config: EncodeConfig) -> bool:
     """Whether a clip of `source` shape can fill `target`: enough frames, a near aspect, no big upscale."""
-    if target.frames > 1 and source.frames < target.frames:
+    (source_frames, source_height, source_width), (target_frames, target_height, target_width) = source, target
+    if target_frames > 1 and source_frames < target_frames:
         return False
-    source_aspect, target_aspect = source.height / source.width, target.height / target.width
+    source_aspect, target_aspect = source_height / source_width, target_height / target_width
     if max(source_aspect / target_aspect, target_aspect / source_aspect) > config.max_aspect_error + 1e-9:
         return False
-    _, _, rows, _ = _crop_box(source.height, source.width, target_aspect)
-    return rows * config.max_upscale >= target.height - 1e-6
+    _, _, rows, _ = _crop_box(source_height, source_width, target_aspect)
+    return rows * config.max_upscale >= target_height - 1e-6
 
 
-def cut_to_bucket(sample: dict[str, Any], bucket: tuple[int, int, int]) -> dict[str, Any]:
-    """Loader transform: a decoded source sample cut to `bucket` and keyed as that bucket's latent sample.
-
-    Video buckets take the first F frames (at the shards' train fps), image buckets the middle frame; then
-    a centre crop to the bucket's aspect and an area resize (reference notes §5.3 crops and resizes too).
-    """
+def cut(video: np.ndarray, bucket: tuple[int, int, int]) -> np.ndarray:
+    """A clip (T, H, W, 3) uint8 cut to `bucket`: video buckets take the first F frames (at the shards' train
+    fps), image buckets the middle frame; then a centre crop to the bucket's aspect and an area resize
+    (reference notes §5.3 crops and resizes too). Both encode modes cut with this one function."""
     frames, height, width = bucket
-    video = sample["video"]  # (T, H, W, 3) uint8
     middle = video.shape[0] // 2
     video = video[middle : middle + 1] if frames == 1 else video[:frames]
     top, left, rows, columns = _crop_box(video.shape[1], video.shape[2], height / width)
@@ -82,9 +88,27 @@ def cut_to_bucket(sample: dict[str, Any], bucket: tuple[int, int, int]) -> dict[
     if (rows, columns) != (height, width):
         interpolation = cv2.INTER_AREA if rows >= height else cv2.INTER_LINEAR
         video = np.stack([cv2.resize(frame, (width, height), interpolation=interpolation) for frame in video])
+    return np.ascontiguousarray(video)
+
+
+def cut_to_bucket(sample: dict[str, Any], bucket: tuple[int, int, int]) -> dict[str, Any]:
+    """Loader transform (online mode): a source sample cut to `bucket`, keyed as that bucket's latent sample."""
     meta = {**sample["meta"], "source_key": sample["__key__"]}
-    return {**sample, "__key__": latent_key(sample["__key__"], bucket), "video": np.ascontiguousarray(video),
+    return {**sample, "__key__": latent_key(sample["__key__"], bucket), "video": cut(sample["video"], bucket),
             "meta": meta}
+
+
+def cut_to_targets(sample: dict[str, Any], bucket: tuple[int, int, int], targets_of: dict[str, list[str]]) -> dict[str, Any]:
+    """Loader transform (cached mode): a source sample, decoded once, cut to every target its bucket fills;
+    each cut a uint8 tensor (F, H, W, 3) named PIXELS + target name."""
+    video = sample.pop("video")
+    cuts = {PIXELS + name: torch.from_numpy(cut(video, bucket_dims(name))) for name in targets_of[bucket_name(bucket)]}
+    return {**sample, **cuts}
+
+
+def to_video(frames: torch.Tensor) -> torch.Tensor:
+    """(F, H, W, 3) uint8 -> (3, F, H, W) float32 in [-1, 1], the very arithmetic of the data loader's batches."""
+    return frames.permute(3, 0, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)
 
 
 def plan(source_uri: str, source: dict[str, Any], index: dict[str, list[str]], config: EncodeConfig,
@@ -92,19 +116,19 @@ def plan(source_uri: str, source: dict[str, Any], index: dict[str, list[str]], c
     """The layout: per split, bucket entries in the shard manifest's format whose shards are references
     to source tars (absolute URIs, with `positions`); plus which targets and clips were left unfilled."""
     temporal, spatial = compression
-    targets = [Shape.from_name(name) for name in config.targets]
+    targets = sorted(bucket_dims(name) for name in config.targets)
     for target in targets:
-        if (target.frames - 1) % temporal or target.height % (2 * spatial) or target.width % (2 * spatial):
-            raise ValueError(f"encode.targets: {target.name} does not fit the VAE: frames must be 1 + k*{temporal}, "
+        if (target[0] - 1) % temporal or target[1] % (2 * spatial) or target[2] % (2 * spatial):
+            raise ValueError(f"encode.targets: {bucket_name(target)} does not fit the VAE: frames must be 1 + k*{temporal}, "
                              f"height and width multiples of {2 * spatial} (VAE {spatial} x DiT patch 2)")
     layout: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
-    used_sources: set[str] = set()
-    for target in sorted(targets):
+    targets_of: dict[str, list[str]] = {}  # source bucket -> the targets it fills
+    for target in targets:
         entries: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
         for bucket in source["buckets"]:
-            if not fits(Shape(bucket["frames"], bucket["height"], bucket["width"]), target, config):
+            if not fits((bucket["frames"], bucket["height"], bucket["width"]), target, config):
                 continue
-            used_sources.add(bucket["name"])
+            targets_of.setdefault(bucket["name"], []).append(bucket_name(target))
             for shard in bucket["shards"]:
                 keys = index.get(shard["uri"])
                 if keys is None or len(keys) != shard["samples"]:
@@ -122,13 +146,13 @@ def plan(source_uri: str, source: dict[str, Any], index: dict[str, list[str]], c
                                                "keys": [keys[p] for p in chunk]})
         for split, shards in entries.items():
             if shards:
-                layout[split].append({"name": target.name, "frames": target.frames, "height": target.height,
-                                      "width": target.width, "samples": sum(s["samples"] for s in shards),
-                                      "shards": shards})
+                frames, height, width = target
+                layout[split].append({"name": bucket_name(target), "frames": frames, "height": height, "width": width,
+                                      "samples": sum(s["samples"] for s in shards), "shards": shards})
     filled = {entry["name"] for split in SPLITS for entry in layout[split]}
-    unfit_clips = sum(b["samples"] for b in source["buckets"] if b["name"] not in used_sources)
-    return {**layout, "unfilled_targets": [t.name for t in sorted(targets) if t.name not in filled],
-            "unfit_clips": unfit_clips}
+    unfit_clips = sum(b["samples"] for b in source["buckets"] if b["name"] not in targets_of)
+    return {**layout, "unfilled_targets": [bucket_name(t) for t in targets if bucket_name(t) not in filled],
+            "unfit_clips": unfit_clips, "targets_of": targets_of}
 
 
 def without_keys(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,8 +13,8 @@ part of a typical 100-200 token caption 0.8-1.6 MiB.
 
 Layout, sized for millions of captions (not one object per caption): `texts-NNNNN.safetensors` shard
 files, each one tensor `embeddings` (tokens, C) of concatenated captions; and `index.safetensors`:
-`keys` (N, 32) uint8 sha256 digests sorted, with `shard`, `start`, `length` per key (44 bytes per
-caption: 44 MB for 1M), metadata in its header. Reading slices a shard through safetensors' memory map,
+`keys` (N, 32) uint8 sha256 digests sorted, with `shard`, `start`, `length` per key (48 bytes per
+caption: 48 MB for 1M), metadata in its header. Reading slices a shard through safetensors' memory map,
 so a lookup reads only its rows; S3 shards are fetched once into a local cache on first use.
 """
 
@@ -156,9 +156,6 @@ class TextStore:
                 path = storage.get_file(uri, Path(self._cache.name) / _shard_name(number))
             self._handles[number] = safe_open(str(path), framework="pt")
         return self._handles[number]
-
-    def __getstate__(self) -> dict[str, Any]:  # open handles and the cache folder stay with their process
-        return {**self.__dict__, "_handles": {}, "_cache": None}
 
 
 def _metadata(data: bytes) -> dict[str, str]:
