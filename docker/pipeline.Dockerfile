@@ -7,7 +7,7 @@
 #   flows  Prefect flows and their process worker; no ENTRYPOINT, code in /app
 # Build from the repository root: docker build -f docker/pipeline.Dockerfile --target vae \
 #   --build-arg EXTRAS=vae --build-arg TORCH_PACKAGES="torch torchvision" \
-#   --build-arg CODE="components/vae components/data components/eval" .
+#   --build-arg CODE="components/vae components/data" .
 # The defaults (EXTRAS=all, every folder) suit the flows target; docker/compose.yaml sets the three per image.
 # The base and the torch index are build arguments (docker/README.md, "Bases"):
 #   CPU (default)  BASE=python:3.11-slim-trixie                 TORCH_INDEX=https://download.pytorch.org/whl/cpu

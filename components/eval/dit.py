@@ -103,7 +103,8 @@ def _evaluate_stage(dit: str, data: str | None, out: str, preset: str, config: E
         stage.publish(out, manifest.build_manifest(
             stage=STAGE, preset=preset, config=config.model_dump(mode="json"), config_hash=eval_hash, inputs=inputs,
             files=files, mlflow_run_id=run.run_id, summary=summary))
-    log.info("dit eval: %s", summary_text.splitlines()[0])
+    log.info("dit eval: %s", ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items()
+                                       if k.startswith(("eval/adherence/", "eval/val_loss/mean", "eval/clip_score"))))
     return {**summary, "markdown": summary_text, "skipped": False}
 
 

@@ -344,7 +344,8 @@ def test_each_image_installs_its_extra_and_only_the_code_it_imports(name):
         for source in (REPO / folder).rglob("*.py"):
             imported = set(re.findall(r"^\s*(?:from|import) components\.(\w+)", source.read_text(), re.MULTILINE))
             assert imported <= present, f"{source.relative_to(REPO)} imports {sorted(imported - present)}, not in {name}'s CODE"
-    assert len(present) < len(COMPONENTS) + 1  # not everything: that is what `flows` is for
+    if name != "eval":  # eval samples and scores a DiT: it needs every component, but never flows
+        assert len(present) < len(COMPONENTS) + 1  # not everything: that is what `flows` is for
 
 
 @needs_compose

@@ -87,3 +87,19 @@ def test_cli_rejects_a_bad_size_before_any_work(stage_folder, cached_latents, tm
     assert finished.returncode == 2, finished.stderr
     assert finished.stderr.strip().startswith("error:") and "frames 10" in finished.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_real_data_prompts_get_a_clip_score(stage_folder, cached_latents, tmp_path):
+    """prompts.source=validation: the held-out set's captions, no adherence, the CLIP score of a local model."""
+    from tests.eval.tiny_clip import save_tiny_clip
+
+    latents, _ = cached_latents
+    clip = save_tiny_clip(tmp_path / "clip")
+    result = evaluate_dit(str(stage_folder), str(latents), str(tmp_path / "out"), overrides=[
+        *SMALL, "prompts.source=validation", "prompts.count=3", "val_loss.enabled=false", f"clip.model={clip}"])
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["adherence"] is None and report["protocol"]["heldout"] is None
+    assert 2 <= len(report["protocol"]["prompts"]) <= 3
+    assert len(report["clip_score"]["per_video"]) == len(report["protocol"]["prompts"])
+    assert result["eval/clip_score"] == pytest.approx(report["clip_score"]["mean"])
+    assert "## CLIP score" in result["markdown"]

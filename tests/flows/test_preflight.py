@@ -51,7 +51,7 @@ def test_v1_2_names_the_lpips_weights_it_needs_offline(torch_home):
     ("data.shard.frames=[3]", "frame counts must be distinct and 1 or 4k+1"),
     ("vae.data.bucket=33x256x256", "vae.data.bucket 33x256x256 (crop_larger) fits in no bucket the shard stage makes"),
     ("dit.model.depth=2", "unknown key 'model.depth'"),
-    ("eval.x=1", "--set eval.x=1: the eval component has no configuration yet"),
+    ("eval.x=1", "unknown key 'x'"),
     ("train.lr=1e-4", "must look like <component>.<key>=<value>"),
 ])
 def test_every_override_is_checked_before_any_stage(override, complaint, torch_home):
@@ -126,7 +126,7 @@ def test_pipeline_cli_user_errors_are_short_and_early(tmp_path):
 
 
 def test_an_unknown_preset_is_one_line():
-    assert preflight.problems(chain(), "v9", []) == ["unknown preset 'v9' (--preset): data, vae, dit have tiny, v1.2"]
+    assert preflight.problems(chain(), "v9", []) == ["unknown preset 'v9' (--preset): data, vae, dit, eval have tiny, v1.2"]
 
 
 def test_a_stage_failing_on_the_users_input_ends_without_tracebacks(tmp_path, prefect_server):
