@@ -15,6 +15,7 @@ from components.core.training.publish import publish_records
 from components.core.training.run import result
 from components.dit import save_dit
 from components.dit.model import OpenSoraT2V
+from components.dit.sample_sources import FOLDER_TAG
 from components.dit.train_inputs import Handoff, stage_name
 from components.dit.train_loop import Loop
 
@@ -54,7 +55,7 @@ def finish(loop: Loop, preset: str, inputs: dict[str, dict[str, str]], handoff: 
         version = None
         if loop.run.run is not None:
             version = tracking.register_model(REGISTERED_MODEL, loop.run.run, "model_ema",
-                                              tags={"stage": stage_name(loop.number), **lineage})
+                                              tags={"stage": stage_name(loop.number), FOLDER_TAG: str(out), **lineage})
             tracking.set_model_alias(REGISTERED_MODEL, alias, version)
         written = manifest.build_manifest(
             stage=stage_name(loop.number), preset=preset, config=loop.config.model_dump(mode="json"),

@@ -109,6 +109,7 @@ def test_each_dit_stage_is_registered_under_its_alias(first_run, stack_env):
         version = tracking.registered_version(f"models:/t2v-dit@stage{number}")
         assert version["run_id"] == runs[f"dit-stage{number}"]
         assert version["tags"]["lineage.pipeline_run_id"] == parent["run_id"]
+        assert version["tags"]["folder"] == f"{first_run}/dit-stage{number}"  # where sampling finds it
         if number > 1:  # the handoff: stage k starts from stage k - 1 (its manifest in the inputs)
             inputs = storage.read_json(storage.join(first_run, f"dit-stage{number}", "manifest.json"))["inputs"]
             previous = storage.read_bytes(storage.join(first_run, f"dit-stage{number - 1}", "manifest.json"))
