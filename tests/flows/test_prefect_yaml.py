@@ -9,7 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from flows import preflight
 from flows.stage_flows import STAGE_FLOWS
+from flows.stages import chain
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -34,11 +36,14 @@ def test_every_stage_and_the_pipeline_have_a_local_deployment():
     assert {deployment["work_pool"]["name"] for deployment in CONFIG["deployments"]} == {"t2v-process"}
 
 
-def test_the_pipeline_deployment_needs_no_parameters():
+def test_the_pipeline_deployments_carry_the_demo_settings_and_nothing_else():
+    """Tiny preset and synthetic data by default; the demo's longer training is one shared override list."""
     (full,) = [d for d in CONFIG["deployments"] if d["entrypoint"].endswith(":pipeline") and d["name"] == "local"]
-    assert full["parameters"] == {}
+    demo = CONFIG["definitions"]["demo_overrides"]
+    assert full["parameters"] == {"overrides": demo}
     split = [d for d in CONFIG["deployments"] if d["name"] == "local-split"][0]
-    assert split["parameters"] == {"stage_deployment": "local"}
+    assert split["parameters"] == {"stage_deployment": "local", "overrides": demo}
+    assert preflight.problems(chain(), "tiny", demo) == []
 
 
 def test_code_folder_is_the_deploy_folder_or_t2v_code_dir(tmp_path):

@@ -32,7 +32,7 @@ def test_tiny_needs_nothing(torch_home):
 
 
 def test_v1_2_names_the_lpips_weights_it_needs_offline(torch_home):
-    found = preflight.problems(chain(), "v1.2", [])
+    found = preflight.problems(chain(until="vae-eval"), "v1.2", [])
     assert len(found) == 2
     for key, name in (("eval", LPIPS_FILES[1]), ("train.loss", LPIPS_FILES[0])):
         (line,) = [line for line in found if line.startswith(f"vae preset 'v1.2': {key}.lpips_backbone ")]
@@ -43,7 +43,15 @@ def test_v1_2_names_the_lpips_weights_it_needs_offline(torch_home):
     torch_home.mkdir(parents=True)
     for name in LPIPS_FILES:
         (torch_home / name).write_bytes(b"weights")
-    assert preflight.problems(chain(), "v1.2", []) == []
+    assert preflight.problems(chain(until="vae-eval"), "v1.2", []) == []
+
+
+def test_v1_2_dit_stages_name_the_text_encoder_and_clip_they_need_offline(torch_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    found = preflight.problems(chain(), "v1.2", ["vae.eval.lpips_random_backbone=true",
+                                                   "vae.train.loss.lpips_random_backbone=true"])
+    assert [line.split(":")[0] for line in found] == ["dit preset 'v1.2'", "eval preset 'v1.2'"]
+    assert "text.source google/mt5-xxl" in found[0] and "clip.model 'openai/clip-vit-large-patch14'" in found[1]
 
 
 @pytest.mark.parametrize("override, complaint", [
@@ -112,7 +120,7 @@ def test_pipeline_cli_user_errors_are_short_and_early(tmp_path):
            "TORCH_HOME": str(tmp_path / "torch")}
     for args, complaint in [(["--set", "vae.train.lrr=1"], "unknown key 'train.lrr'"),
                             (["--preset", "v9"], "unknown preset 'v9'"),
-                            (["--preset", "v1.2"], "lpips_random_backbone=true"),
+                            (["--preset", "v1.2", "--until", "vae-eval"], "lpips_random_backbone=true"),
                             (["--annotations", str(tmp_path / "none.json")], "none.json: no such file")]:
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "flows", "run", *args], capture_output=True, text=True,
