@@ -54,6 +54,10 @@ class TrainConfig(StrictModel):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     disc_start: int = Field(2000, ge=0)  # from this step on, generator and discriminator steps alternate
     sample_posterior: bool = True  # train on z ~ q(z|x) as the reference; false: the posterior mean
+    # Set the exported `scale_factor` to 1 / std of the posterior means over this many training batches (the
+    # way SD's 0.18215 was found), so the DiT sees unit-variance latents. For a VAE trained from scratch:
+    # its latents have no reason to match SD's scale. 0 keeps model.scale_factor (v1.2: SD's, as released).
+    calibrate_scale_batches: int = Field(0, ge=0)
     # From scratch only (phase 1 without --init): the posterior's log-variance starts near this value
     # (the bias of the layer that emits it) instead of ~0. With std ~1 the sampled latents of a fresh
     # encoder are mostly noise, and a small VAE learns to ignore them and output the data's mean

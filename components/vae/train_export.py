@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from components.core import distributed, lease, manifest, stage, storage, tracking
 from components.core.training import checkpoint
 from components.core.training.publish import publish_records
@@ -17,6 +19,18 @@ from components.vae.train_inputs import STAGES, Handoff
 from components.vae.train_loop import Loop
 
 REGISTERED_MODEL = "t2v-vae"
+
+
+@torch.no_grad()
+def calibrated_scale_factor(loop: Loop, ema_weights: dict[str, torch.Tensor]) -> float:
+    """1 / std of the EMA encoder's posterior means over the next training batches of this rank (rank 0)."""
+    module = copy.deepcopy(loop.parts.model).eval()
+    module.load_state_dict(ema_weights)
+    means = []
+    for _ in range(loop.config.train.calibrate_scale_batches):
+        _, video = loop.next_batch()
+        means.append(module.encode(video).mode().float().flatten().cpu())
+    return float(1.0 / torch.cat(means).std().clamp(min=1e-6))
 
 
 def finish(loop: Loop, preset: str, inputs: dict[str, dict[str, str]], handoff: Handoff | None,
@@ -35,10 +49,14 @@ def finish(loop: Loop, preset: str, inputs: dict[str, dict[str, str]], handoff: 
                    "skip_batches": loop.guard.skip_batches, "resumes": loop.events.count("resume")}
         metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
         files: dict[str, dict[str, Any]] = {}
+        scale_factor = parts.model.config.scale_factor
+        if loop.config.train.calibrate_scale_batches:
+            scale_factor = metrics["scale_factor"] = calibrated_scale_factor(loop, weights["model"])
         with storage.staging_dir("t2v-vae-model-") as tmp:
             for name, state in weights.items():
                 module = copy.deepcopy(parts.model).cpu()
                 module.load_state_dict(state)
+                module.config = module.config.model_copy(update={"scale_factor": scale_factor})
                 save_vae(Path(tmp) / name, module)
             files.update(stage.upload_folder(Path(tmp), out))
             loop.run.log_artifact(Path(tmp) / "model", "model")
