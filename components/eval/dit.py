@@ -135,8 +135,11 @@ def _score(sampler, prompts: list[str], latent_manifest: str, config: EvalConfig
         result["adherence"] = adherence.score_videos(list(videos), prompts, config.prompts.control_seed,
                                                      config.prompts.object_fraction)
     scored = time.perf_counter()
-    if config.val_loss.enabled:
+    if config.val_loss.enabled and latents.has_validation_set(latent_manifest):
         result["val_loss"] = latents.validation_loss(sampler, latent_manifest, config.val_loss)
+    elif config.val_loss.enabled:  # the rest of the evaluation still stands: say why this number is missing
+        result["val_loss_skipped"] = f"{latent_manifest}: no held-out val/ set (too few clips for encode.val_fraction)"
+        log.warning("validation loss skipped: %s", result["val_loss_skipped"])
     validated = time.perf_counter()
     if config.clip.model:
         from components.eval.clip_score import ClipScorer

@@ -24,9 +24,14 @@ def _folder(latent_manifest: str) -> str:
     return latent_manifest.rsplit("/", 1)[0]
 
 
+def has_validation_set(latent_manifest: str) -> bool:
+    """A small latent folder may hold no held-out clip at all (the split is a hash of each clip's key)."""
+    return storage.exists(storage.join(_folder(latent_manifest), VAL_FOLDER, manifest.MANIFEST_FILE))
+
+
 def _val_manifest(latent_manifest: str) -> str:
     uri = storage.join(_folder(latent_manifest), VAL_FOLDER, manifest.MANIFEST_FILE)
-    if not storage.exists(uri):
+    if not has_validation_set(latent_manifest):
         raise ValueError(f"{_folder(latent_manifest)} has no held-out {VAL_FOLDER}/ set: encode with a validation "
                          "share, or set eval.val_loss.enabled=false and eval.prompts.source=shapes")
     return uri

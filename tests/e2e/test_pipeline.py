@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 VAE_OVERRIDES = ["vae.train.phase1.steps=4", "vae.train.phase2.steps=2", "vae.train.disc_start=2",
                  "vae.train.checkpoint_every=2", "vae.train.sample_every=1000", "vae.eval.max_clips=2"]
 DIT_OVERRIDES = ["dit.train.checkpoint_every=2", *(f"dit.train.stages.{i}.steps=4" for i in range(DIT_STAGES))]
-EVAL_OVERRIDES = ["eval.prompts.count=4", "eval.sampling.steps=2", "eval.sampling.frames=9", "eval.report.grid_prompts=2"]
+EVAL_OVERRIDES = ["dit.encode.val_fraction=0.3", "eval.prompts.count=4", "eval.sampling.steps=2", "eval.sampling.frames=9", "eval.report.grid_prompts=2"]
 PARAMETERS = {"num": 12, "seed": 3, "overrides": VAE_OVERRIDES + DIT_OVERRIDES + EVAL_OVERRIDES}
 FINAL_WEIGHTS = f"dit-stage{DIT_STAGES}/model_ema/diffusion_pytorch_model.safetensors"
 STAGES = [stage.name for stage in chain()]
