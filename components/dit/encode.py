@@ -189,7 +189,9 @@ class _Job:
             files[f"{VAL_FOLDER}/{manifest.MANIFEST_FILE}"] = manifest.file_entry(
                 f"{VAL_FOLDER}/{manifest.MANIFEST_FILE}", storage.write_json(uri, val_manifest),
                 len(storage.read_bytes(uri)))
-            files |= {f"{VAL_FOLDER}/{name}": entry for name, entry in val_files.items()}
+            # In the root manifest a val/ file's URI is relative to the root folder, not to val/.
+            files |= {f"{VAL_FOLDER}/{name}": {**entry, "uri": f"{VAL_FOLDER}/{entry['uri']}"}
+                      for name, entry in val_files.items()}
         files |= self._index("", shards["train"], self.layout["train"])
         metrics = {"samples": samples["train"], "val_samples": samples["val"], "seconds": seconds,
                    "clips_per_second": total / max(seconds, 1e-9), "vae_seconds": counters["vae_seconds"],

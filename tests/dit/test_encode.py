@@ -59,6 +59,8 @@ def test_latent_folder_contents(cached_latents, source_shards, tiny_vae_folder):
     # Every file the manifest lists is there with its sha256; every sample is where the rules say.
     for name, entry in manifest["files"].items():
         assert storage.sha256_bytes((out / name).read_bytes()) == entry["sha256"], name
+        at = entry["uri"] if entry["uri"].startswith("/") else str(out / entry["uri"])  # relative to the folder
+        assert storage.sha256_bytes(storage.read_bytes(at)) == entry["sha256"], (name, entry["uri"])
     expected = _expected_samples(source_shards, 0.2)
     assert expected["train"] and expected["val"]  # the fixture exercises both splits
     for split, folder in (("train", out), ("val", out / "val")):
