@@ -134,7 +134,8 @@ class DiffusionConfig(StrictModel):
 
 
 class DiTConfig(StrictModel):
-    """Root configuration of the DiT component; training, data and sampling groups join these later."""
+    """Root configuration of the DiT component: the network, latents, text encoder, objective, the latent
+    precompute (`encode`), the five-stage curriculum (`train`) and how many processes (`launch`)."""
 
     model: DiTModelConfig = DiTModelConfig()
     latent: LatentConfig = LatentConfig()

@@ -125,6 +125,8 @@ def summary_markdown(report: dict[str, Any], title: str) -> str:
                   "| timestep | " + " | ".join(str(t) for t in val_loss["timesteps"]) + " | mean |",
                   "|---" * (len(val_loss["timesteps"]) + 2) + "|",
                   "| loss | " + " | ".join(f"{v:.4f}" for v in val_loss["loss"]) + f" | {val_loss['mean']:.4f} |"]
+    elif report.get("val_loss_skipped"):  # a missing number says why, in the summary a reader sees first
+        lines += ["", f"## Validation loss: skipped ({report['val_loss_skipped']})"]
     clip = report.get("clip_score")
     if clip:
         lines += ["", f"## CLIP score: {clip['mean']:.2f}", "", f"{clip['model']}; {clip['convention']}"]

@@ -53,3 +53,10 @@ def test_grid_png_and_animated_gif(tmp_path):
     assert grid.shape[1] == 5 * 32 and grid.shape[0] > 2 * 32  # two rows of 5 frames under caption bands
     gif = Image.open(report.save_animated_grid(videos, tmp_path / "grid.gif", fps=8, columns=4, scale=2))
     assert gif.n_frames == 9 and gif.size == (4 * 64, 64)
+
+
+def test_summary_says_why_the_validation_loss_is_missing():
+    data = {**_report(_videos(), PROMPTS), "val_loss": None, "val_loss_skipped": "latents: no held-out val/ set"}
+    text = report.summary_markdown(data, "DiT eval: stage 1")
+    assert "## Validation loss: skipped (latents: no held-out val/ set)" in text
+    assert "eval/val_loss/mean" not in report.mlflow_metrics(data)
