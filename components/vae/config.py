@@ -135,6 +135,15 @@ class VAEConfig(StrictModel):
     init: TailInitConfig = TailInitConfig()
     launch: LaunchConfig = LaunchConfig()
 
+    def for_phase(self, phase: int) -> VAEConfig:
+        """This configuration as phase `phase` trains: its phase's bucket, batch size and lr in place."""
+        setting = self.train.phase1 if phase == 1 else self.train.phase2
+        data = {"bucket": setting.bucket, "batch_size": setting.batch_size, "crops_per_clip": setting.crops_per_clip}
+        data = {key: value for key, value in data.items() if value is not None}
+        train = {"lr": setting.lr} if setting.lr is not None else {}
+        return self.model_copy(update={"data": self.data.model_copy(update=data),
+                                       "train": self.train.model_copy(update=train)})
+
 
 def load_vae_config(preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> VAEConfig:
     return load_config(VAEConfig, PRESETS_DIR, preset, overrides)

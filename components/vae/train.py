@@ -65,6 +65,7 @@ def train_vae(phase: int, data: str, out: str, init: str | None = None, preset: 
         raise ValueError(f"--phase must be 1 or 2; got {phase}")
     if phase == 2 and init is None:
         raise ValueError("phase 2 starts from phase 1's EMA weights: pass --init <phase-1 output folder>")
+    config = config.for_phase(phase)
     data_manifest = manifest.manifest_uri(data)
     if not storage.exists(data_manifest):
         raise FileNotFoundError(f"--data: no shard manifest at {data_manifest}")

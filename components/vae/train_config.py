@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel
 
@@ -36,8 +36,29 @@ class DiscriminatorConfig(StrictModel):
     num_layers: int = Field(3, ge=1)
 
 
+def check_bucket(bucket: str | None) -> str | None:
+    """A training crop "FxHxW" the VAE can take: F = 4k+1 frames (1: images), H and W multiples of 8."""
+    if bucket is None:
+        return None
+    parts = bucket.split("x")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"bucket must be 'FxHxW', e.g. 25x256x256; got {bucket!r}")
+    frames, height, width = map(int, parts)
+    if (frames - 1) % 4 or height % 8 or width % 8:
+        raise ValueError(f"bucket {bucket}: frames must be 4k+1, height and width multiples of 8")
+    return bucket
+
+
 class PhaseConfig(StrictModel):
+    """One phase's length, and what it trains on where that differs from `data` and `train.lr`."""
+
     steps: int = Field(ge=1)  # optimizer steps (generator and discriminator steps both count)
+    bucket: str | None = None  # replaces data.bucket in this phase (e.g. image crops 1xHxW, then video)
+    batch_size: int | None = Field(None, ge=1)  # replaces data.batch_size (per process)
+    crops_per_clip: int | None = Field(None, ge=1)  # replaces data.crops_per_clip
+    lr: float | None = Field(None, gt=0)  # replaces train.lr
+
+    _bucket = field_validator("bucket")(lambda bucket: check_bucket(bucket))
 
 
 class TrainConfig(StrictModel):
@@ -78,25 +99,29 @@ class TrainConfig(StrictModel):
 class DataConfig(StrictModel):
     """Training clips: one video bucket of the shard manifest (v1.2: 25×256×256, reference notes §1.10)."""
 
-    bucket: str = "25x256x256"  # "FxHxW" as named in the shard manifest
+    # "FxHxW" as named in the shard manifest. 1xHxW (with crop_larger) trains on random single frames of the
+    # clips: the causal VAE's first-frame path, i.e. static scenes. A small VAE from scratch learns colour
+    # and shape there in far fewer steps than on video (bench/RESULTS.md), then a video phase adds motion.
+    bucket: str = "25x256x256"
     # Also train on the clips of every bucket at least as long, high and wide as `bucket`, each cut to
     # `bucket`'s size at a seeded random offset (the reference's VAE data is random crops too). Small
     # data sets spread their clips over many buckets: this trains on all of them, not one bucket's few.
     crop_larger: bool = False
-    batch_size: int = Field(1, ge=1)  # per process
+    batch_size: int = Field(1, ge=1)  # clips per process and step
+    # With crop_larger: crops cut from each clip at independent offsets, all trained on in the same step
+    # (a step sees batch_size x crops_per_clip crops). Small image crops of a few clips per bucket: the
+    # loader's batches come from one bucket, so more crops per clip is how such a step gets larger.
+    crops_per_clip: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _crops_need_crop_larger(self) -> DataConfig:
+        if self.crops_per_clip > 1 and not self.crop_larger:
+            raise ValueError("crops_per_clip > 1 needs crop_larger: true (crops are cut only then)")
+        return self
     shuffle_shards: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
 
-    @field_validator("bucket")
-    @classmethod
-    def _frames_height_width(cls, bucket: str) -> str:
-        parts = bucket.split("x")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"bucket must be 'FxHxW', e.g. 25x256x256; got {bucket!r}")
-        frames, height, width = map(int, parts)
-        if frames < 2 or (frames - 1) % 4 or height % 8 or width % 8:
-            raise ValueError(f"bucket {bucket}: frames must be 4k+1 (k >= 1), height and width multiples of 8")
-        return bucket
+    _bucket = field_validator("bucket")(lambda bucket: check_bucket(bucket))
 
     @property
     def frames(self) -> int:

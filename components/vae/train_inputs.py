@@ -94,7 +94,7 @@ def _buckets(data_manifest: str, config: VAEConfig) -> list[str]:
     from components.data.loader import BucketLoader, LoaderConfig
 
     frames, height, width = config.data.size
-    every = BucketLoader(data_manifest, LoaderConfig(min_frames=frames), rank=0, world_size=1).bucket_shapes
+    every = BucketLoader(data_manifest, LoaderConfig(min_frames=max(frames, 2)), rank=0, world_size=1).bucket_shapes
     names = [b.name for b in every if b.height >= height and b.width >= width]
     if not names:
         raise ValueError(f"{data_manifest}: no bucket holds a {config.data.bucket} crop (vae.data.bucket with "
@@ -103,16 +103,19 @@ def _buckets(data_manifest: str, config: VAEConfig) -> list[str]:
 
 
 def crop(video: torch.Tensor, keys: list[str], config: VAEConfig, batch_index: int) -> torch.Tensor:
-    """Each clip of (b, 3, T, H, W) cut to `data.bucket`'s size at an offset drawn from (seed, batch, key):
-    the same crops on any number of ranks and after a resume, with no generator state to save."""
+    """Each clip of (b, 3, T, H, W) cut `data.crops_per_clip` times to `data.bucket`'s size at offsets drawn
+    from (seed, batch, key): the same crops on any number of ranks and after a resume, with no generator
+    state to save."""
     frames, height, width = config.data.size
-    if video.shape[2:] == (frames, height, width):
+    per_clip = config.data.crops_per_clip
+    if video.shape[2:] == (frames, height, width) and per_clip == 1:
         return video
-    clips = []
+    crops = []
     for clip, key in zip(video, keys, strict=True):  # (3, T, H, W)
         digest = hashlib.sha256(f"{config.train.seed}:{batch_index}:{key}".encode()).digest()
         draw = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-        start = [int(torch.randint(0, total - size + 1, (), generator=draw))
-                 for total, size in zip(clip.shape[1:], (frames, height, width), strict=True)]
-        clips.append(clip[:, start[0]:start[0] + frames, start[1]:start[1] + height, start[2]:start[2] + width])
-    return torch.stack(clips)  # (b, 3, F, H', W')
+        for _ in range(per_clip):
+            start = [int(torch.randint(0, total - size + 1, (), generator=draw))
+                     for total, size in zip(clip.shape[1:], (frames, height, width), strict=True)]
+            crops.append(clip[:, start[0]:start[0] + frames, start[1]:start[1] + height, start[2]:start[2] + width])
+    return torch.stack(crops)  # (b * crops_per_clip, 3, F, H', W')

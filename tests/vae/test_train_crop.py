@@ -56,3 +56,30 @@ def test_the_loader_serves_every_bucket_that_holds_the_crop(mixed_shards):
     assert [b.name for b in only_square.bucket_shapes] == ["9x64x64"]
     with pytest.raises(ValueError, match="no bucket holds a 9x96x96 crop"):
         open_loader(str(mixed_shards / "manifest.json"), _config("data.bucket=9x96x96"), 0, ctx)
+
+
+def test_image_crops_several_per_clip_each_a_single_frame_of_it():
+    video = torch.arange(2 * 3 * 17 * 64 * 80, dtype=torch.float32).reshape(2, 3, 17, 64, 80)
+    config = _config("data.bucket=1x32x32", "data.crops_per_clip=3")
+    cropped = crop(video, ["a", "b"], config, batch_index=5)
+    assert cropped.shape == (6, 3, 1, 32, 32)  # clip a's three crops, then clip b's
+    for index, image in enumerate(cropped):
+        source = video[index // 3]
+        start = (source == image[0, 0, 0, 0]).nonzero()[0].tolist()
+        assert torch.equal(image, source[:, start[1]:start[1] + 1, start[2]:start[2] + 32, start[3]:start[3] + 32])
+    assert len({tuple(image[0, 0, 0, :2].tolist()) for image in cropped}) == 6  # independent offsets
+    assert torch.equal(crop(video[1:], ["b"], config, batch_index=5), cropped[3:])
+
+
+def test_a_phase_sets_its_own_bucket_crops_and_lr():
+    config = load_vae_config("tiny", ["train.phase1.bucket=1x32x32", "train.phase1.crops_per_clip=4",
+                                      "train.phase1.batch_size=2", "train.phase2.lr=1e-4", "train.lr=3e-4"])
+    phase1, phase2 = config.for_phase(1), config.for_phase(2)
+    assert (phase1.data.bucket, phase1.data.crops_per_clip, phase1.data.batch_size, phase1.train.lr) == (
+        "1x32x32", 4, 2, 3e-4)
+    assert (phase2.data.bucket, phase2.data.crops_per_clip, phase2.data.batch_size, phase2.train.lr) == (
+        config.data.bucket, 1, 1, 1e-4)
+    with pytest.raises(ValueError, match="key 'train.phase1.bucket'.*frames must be 4k\\+1"):
+        load_vae_config("tiny", ["train.phase1.bucket=2x32x32"])
+    with pytest.raises(ValueError, match="crops_per_clip > 1 needs crop_larger"):
+        load_vae_config("tiny", ["data.crop_larger=false", "data.crops_per_clip=2"])
