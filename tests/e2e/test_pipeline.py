@@ -20,16 +20,11 @@ from components.core.training.checkpoint import INDEX_FILE, checkpoint_uri, list
 from flows.stages import DIT_STAGES, chain
 from tests.e2e.conftest import REPO, Stack
 from tests.killing import kill_when_file_appears
+from tests.quick_pipeline import PARAMETERS
 from tests.servers import chromium
 
 pytestmark = pytest.mark.slow
 
-# Tiny data and few steps (a checkpoint every 2 steps, so a kill after step 2 has one to resume from).
-VAE_OVERRIDES = ["vae.train.phase1.steps=4", "vae.train.phase2.steps=2", "vae.train.disc_start=2",
-                 "vae.train.checkpoint_every=2", "vae.train.sample_every=1000", "vae.eval.max_clips=2"]
-DIT_OVERRIDES = ["dit.train.checkpoint_every=2", *(f"dit.train.stages.{i}.steps=4" for i in range(DIT_STAGES))]
-EVAL_OVERRIDES = ["dit.encode.val_fraction=0.3", "eval.prompts.count=4", "eval.sampling.steps=2", "eval.sampling.frames=9", "eval.report.grid_prompts=2"]
-PARAMETERS = {"num": 12, "seed": 3, "overrides": VAE_OVERRIDES + DIT_OVERRIDES + EVAL_OVERRIDES}
 FINAL_WEIGHTS = f"dit-stage{DIT_STAGES}/model_ema/diffusion_pytorch_model.safetensors"
 STAGES = [stage.name for stage in chain()]
 RERUN = STAGES[STAGES.index("dit-stage3"):]  # what the killed run runs again

@@ -40,9 +40,10 @@ def test_the_pipeline_deployments_carry_the_demo_settings_and_nothing_else():
     """Tiny preset and synthetic data by default; the demo's longer training is one shared override list."""
     (full,) = [d for d in CONFIG["deployments"] if d["entrypoint"].endswith(":pipeline") and d["name"] == "local"]
     demo = CONFIG["definitions"]["demo_overrides"]
-    assert full["parameters"] == {"overrides": demo}
+    clips = CONFIG["definitions"]["demo_clips"]
+    assert full["parameters"] == {"num": clips, "overrides": demo}
     split = [d for d in CONFIG["deployments"] if d["name"] == "local-split"][0]
-    assert split["parameters"] == {"stage_deployment": "local", "overrides": demo}
+    assert split["parameters"] == {"stage_deployment": "local", "num": clips, "overrides": demo}
     assert preflight.problems(chain(), "tiny", demo) == []
 
 

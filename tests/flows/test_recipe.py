@@ -1,12 +1,14 @@
 """The README's Prefect recipe, run line by line as a user types it, against real local servers.
 
-Only the ports (free ones), the state folder (`.t2v/` -> a temporary folder) and the venv's location
-differ; `source` and `export` lines carry over to the lines after them, as in one shell. flows/README.md
-shows the same block."""
+Only the ports (free ones), the state folder (`.t2v/` -> a temporary folder), the venv's location and
+the pipeline's parameters differ: the deployment trains for minutes (the demo's settings), the test
+passes the quick ones of tests/quick_pipeline.py. `source` and `export` lines carry over to the lines
+after them, as in one shell. flows/README.md shows the same block."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.quick_pipeline import PARAMETERS
 from tests.servers import BIN, free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +39,9 @@ def test_the_readme_recipe_runs_the_pipeline(tmp_path):
     prefect_port, mlflow_port = free_port(), free_port()
     lines = [line.replace("4200", str(prefect_port)).replace("5000", str(mlflow_port))
              .replace(".t2v/", f"{tmp_path}/").replace(".venv/", f"{BIN.parent}/") for line in recipe(REPO / "README.md")]
+    run = "prefect deployment run t2v-full/local --watch"
+    assert run in lines
+    lines[lines.index(run)] = f"{run} --params '{json.dumps(PARAMETERS)}'"
     # The test runs this worktree's code with the test venv, and keeps its state out of the repository.
     env = {**os.environ, "PYTHONPATH": str(REPO), "T2V_HOME": str(tmp_path / "home"),
            "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
