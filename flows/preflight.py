@@ -73,16 +73,26 @@ def _stages_fit_together(names: set[str], preset: str, routed: dict[str, list[st
     from components.vae.config import load_vae_config
 
     shard = load_data_config(preset, routed["data"]).shard
-    data = load_vae_config(preset, routed["vae"]).data
+    config = load_vae_config(preset, routed["vae"])
     buckets = make_buckets(shard.frames, shard.resolutions)
+    problems = []
+    for phase in (1, 2):  # a phase may train on its own bucket (vae.train.phaseN.bucket)
+        key = f"vae.train.phase{phase}.bucket" if getattr(config.train, f"phase{phase}").bucket else "vae.data.bucket"
+        problem = _bucket_problem(key, config.for_phase(phase).data, buckets, preset)
+        if problem and problem not in problems:
+            problems.append(problem)
+    return problems
+
+
+def _bucket_problem(key: str, data, buckets, preset: str) -> str | None:
     made = [b.name for b in buckets]
     if data.bucket in made:
-        return []
+        return None
     frames, height, width = data.size
     if data.crop_larger:  # crops of any bucket at least that large
         if any(b.frames >= frames and b.height >= height and b.width >= width for b in buckets):
-            return []
-        return [f"vae.data.bucket {data.bucket} (crop_larger) fits in no bucket the shard stage makes "
-                f"({', '.join(made)}; preset '{preset}'): set vae.data.bucket to a size that one of them holds"]
-    return [f"vae.data.bucket {data.bucket} is not a bucket the shard stage makes ({', '.join(made)}; preset "
-            f"'{preset}'): set vae.data.bucket to one of them, or data.shard.frames/resolutions to make it"]
+            return None
+        return (f"{key} {data.bucket} (crop_larger) fits in no bucket the shard stage makes "
+                f"({', '.join(made)}; preset '{preset}'): set {key} to a size that one of them holds")
+    return (f"{key} {data.bucket} is not a bucket the shard stage makes ({', '.join(made)}; preset "
+            f"'{preset}'): set {key} to one of them, or data.shard.frames/resolutions to make it")

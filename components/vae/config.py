@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from components.core.config import StrictModel, load_config
 from components.core.distributed import LaunchConfig
@@ -141,8 +141,17 @@ class VAEConfig(StrictModel):
         data = {"bucket": setting.bucket, "batch_size": setting.batch_size, "crops_per_clip": setting.crops_per_clip}
         data = {key: value for key, value in data.items() if value is not None}
         train = {"lr": setting.lr} if setting.lr is not None else {}
-        return self.model_copy(update={"data": self.data.model_copy(update=data),
+        return self.model_copy(update={"data": DataConfig.model_validate({**self.data.model_dump(), **data}),
                                        "train": self.train.model_copy(update=train)})
+
+    @model_validator(mode="after")
+    def _phases_train_on_valid_data(self) -> VAEConfig:
+        for phase in (1, 2):
+            try:
+                self.for_phase(phase)
+            except ValidationError as error:
+                raise ValueError(f"train.phase{phase} with data: {error.errors()[0]['msg']}") from None
+        return self
 
 
 def load_vae_config(preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> VAEConfig:

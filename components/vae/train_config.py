@@ -112,16 +112,16 @@ class DataConfig(StrictModel):
     # (a step sees batch_size x crops_per_clip crops). Small image crops of a few clips per bucket: the
     # loader's batches come from one bucket, so more crops per clip is how such a step gets larger.
     crops_per_clip: int = Field(1, ge=1)
+    shuffle_shards: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    _bucket = field_validator("bucket")(lambda bucket: check_bucket(bucket))
 
     @model_validator(mode="after")
     def _crops_need_crop_larger(self) -> DataConfig:
         if self.crops_per_clip > 1 and not self.crop_larger:
             raise ValueError("crops_per_clip > 1 needs crop_larger: true (crops are cut only then)")
         return self
-    shuffle_shards: int = Field(8, ge=1)
-    num_workers: int = Field(0, ge=0)
-
-    _bucket = field_validator("bucket")(lambda bucket: check_bucket(bucket))
 
     @property
     def frames(self) -> int:

@@ -74,8 +74,12 @@ def test_a_cropped_vae_bucket_must_fit_in_a_bucket_the_shard_stage_makes(torch_h
     assert preflight.problems(chain(), "tiny", ["vae.data.bucket=9x48x48"]) == []
     (line,) = preflight.problems(chain(), "tiny", ["vae.data.bucket=9x96x96"])
     assert line.startswith("vae.data.bucket 9x96x96 (crop_larger) fits in no bucket the shard stage makes")
-    (line,) = preflight.problems(chain(), "tiny", ["vae.data.crop_larger=false", "vae.data.bucket=9x48x48"])
-    assert line.startswith("vae.data.bucket 9x48x48 is not a bucket the shard stage makes")
+    uncropped = ["vae.data.crop_larger=false", "vae.train.phase1.crops_per_clip=1", "vae.data.bucket=9x48x48"]
+    image_phase, video_phase = preflight.problems(chain(), "tiny", uncropped)
+    assert image_phase.startswith("vae.train.phase1.bucket 1x32x32 is not a bucket the shard stage makes")
+    assert video_phase.startswith("vae.data.bucket 9x48x48 is not a bucket the shard stage makes")
+    (line,) = preflight.problems(chain(), "tiny", ["vae.train.phase1.bucket=1x96x96"])
+    assert line.startswith("vae.train.phase1.bucket 1x96x96 (crop_larger) fits in no bucket the shard stage makes")
 
 
 def test_v1_2_stages_fit_together():

@@ -83,3 +83,5 @@ def test_a_phase_sets_its_own_bucket_crops_and_lr():
         load_vae_config("tiny", ["train.phase1.bucket=2x32x32"])
     with pytest.raises(ValueError, match="crops_per_clip > 1 needs crop_larger"):
         load_vae_config("tiny", ["data.crop_larger=false", "data.crops_per_clip=2"])
+    with pytest.raises(ValueError, match="train.phase1 with data: .*crops_per_clip > 1 needs crop_larger"):
+        load_vae_config("tiny", ["data.crop_larger=false"])  # the tiny preset's phase 1 cuts 4 crops a clip
