@@ -2,7 +2,7 @@
 (prefect.yaml: `demo_clips` and `demo_overrides`), in this process (`python -m flows run`: no Prefect or
 MLflow server to start), then the numbers the demo is judged by.
 
-    python bench/demo_quality.py --root /tmp/demo-quality        # ~8 min on 2 quiet cores
+    python bench/demo_quality.py --root /tmp/demo-quality        # ~9 min on 2 quiet cores
 
 Reported: seconds per stage, `vae-eval` PSNR / SSIM, and `dit-eval`'s prompt adherence per attribute with
 its chance level and the shuffled-prompt control. Everything is seeded (synthetic data seed 0, the presets'
