@@ -112,12 +112,23 @@ class CausalConv3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, T, H, W)
         if _no_grad():
             return self.stream(x)
+        if x.shape[2] == 1:
+            return self._single_frame(x)
         front = self.kernel_frames - 1
         if front:
             x = torch.cat([x[:, :, :1].expand(-1, -1, front, -1, -1), x], dim=2)  # (B, Cin, T + kt - 1, H, W)
         if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] * x.shape[2] * x.shape[3] <= SLOW_CONV3D_MAX_SIZE:
             return self._per_frame_taps(x)
         return self.conv(x)  # (B, Cout, T_out, H', W')
+
+    def _single_frame(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, 1, H, W)
+        """An image (one frame): the causal padding repeats that frame, so every temporal tap sees it and the
+        3D convolution is one 2D convolution with the taps summed, k_t times less work (the VAE's image
+        crops, the first latent frame). Equal to the padded 3D convolution up to float rounding."""
+        conv = self.conv
+        y = F.conv2d(x[:, :, 0], conv.weight.sum(dim=2), conv.bias, conv.stride[1:], conv.padding[1:],
+                     conv.dilation[1:], conv.groups)  # (B, Cout, H', W')
+        return y.unsqueeze(2)  # (B, Cout, 1, H', W')
 
     def _per_frame_taps(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, T + kt - 1, H, W), padded in front
         """The 3D convolution as a sum over its temporal taps of 2D convolutions of all frames at once.

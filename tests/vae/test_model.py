@@ -140,19 +140,21 @@ def test_no_grad_path_equals_autograd_path(tiny_vae, monkeypatch, chunk_bytes, p
 
 
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 1, 1), (3, 2, 0), ((1, 3, 3), 1, 1), (1, 1, 0)])
-def test_cpu_training_convolution_equals_conv3d_with_gradients(kernel, stride, padding):
-    """With autograd on CPU a causal conv runs as 2D convolutions per temporal tap (oneDNN at batch 1):
-    the same values and gradients as the wrapped nn.Conv3d on the padded clip."""
+@pytest.mark.parametrize(("batch", "frames"), [(1, 9), (2, 1)])
+def test_cpu_training_convolution_equals_conv3d_with_gradients(kernel, stride, padding, batch, frames):
+    """With autograd on CPU a causal conv runs as 2D convolutions per temporal tap (oneDNN at batch 1), and
+    on one frame (an image crop) as one 2D convolution with the taps summed: the same values and gradients
+    as the wrapped nn.Conv3d on the padded clip."""
     from components.vae.model import CausalConv3d
 
     torch.manual_seed(0)
     conv = CausalConv3d(8, 6, kernel, stride=stride, padding=padding)
-    video = torch.randn(1, 8, 9, 10, 12, requires_grad=True)
+    video = torch.randn(batch, 8, frames, 10, 12, requires_grad=True)
     ours = conv(video)
     front = conv.kernel_frames - 1
     padded = torch.cat([video[:, :, :1].expand(-1, -1, front, -1, -1), video], dim=2) if front else video
     reference = conv.conv(padded)
-    assert ours.shape == reference.shape == (1, 6, (9 - 1) // stride + 1, *reference.shape[-2:])
+    assert ours.shape == reference.shape == (batch, 6, (frames - 1) // stride + 1, *reference.shape[-2:])
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
     weights = torch.randn_like(reference)
     ours_grads = torch.autograd.grad((ours * weights).sum(), [video, conv.conv.weight, conv.conv.bias])
