@@ -30,6 +30,9 @@ mkdir -p "$DEMO/prefect" "$DEMO/mlflow/artifacts" "$DEMO/logs"
 export PREFECT_HOME="$DEMO/prefect"
 export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# The worker looks for new flow runs every 2 s (Prefect's default: 10): `t2v-full/local-split` hands it
+# one flow run per stage, each of which would otherwise wait ~5 s to start.
+export PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-2}"
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
 export T2V_HOME="$DEMO"
