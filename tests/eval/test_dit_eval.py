@@ -14,7 +14,8 @@ from components.eval.adherence import CHANCE
 from components.eval.dit import evaluate_dit
 
 SMALL = ["sampling.frames=9", "sampling.height=32", "sampling.width=32", "sampling.steps=2", "sampling.batch=12",
-         "val_loss.num_timesteps=4", "report.grid_prompts=4"]
+         "val_loss.num_timesteps=4", "report.grid_prompts=4",
+         "prompts.count=24"]
 
 
 @pytest.fixture(scope="module")
