@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -43,6 +44,31 @@ def test_a_perfect_prediction_has_zero_loss_even_with_a_noise_offset():
     result = diffusion_loss(Oracle(latents, scheduler), latents, text, mask, scheduler, config,
                             torch.Generator().manual_seed(1))
     assert result.loss.item() < 1e-8 and result.timesteps.shape == (3,)
+
+
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_v_prediction_targets_the_velocity(snr_gamma):
+    """The tiny preset's objective: a model that predicts v = sqrt(ab) eps - sqrt(1 - ab) x0 exactly has
+    zero loss, with or without min-SNR weights; one that predicts the noise does not."""
+    latents, text, mask = _batch()
+    config = DiffusionConfig(prediction_type="v_prediction", snr_gamma=snr_gamma, noise_offset=0.0)
+    scheduler = make_scheduler(config)
+
+    def velocity(noisy, timesteps, *args):
+        alpha_bar = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+        noise = (noisy - alpha_bar.sqrt() * latents) / (1 - alpha_bar).sqrt()
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents
+
+    exact = diffusion_loss(velocity, latents, text, mask, scheduler, config, torch.Generator().manual_seed(1))
+    assert exact.loss.item() < 1e-8
+    noise_only = diffusion_loss(Oracle(latents, scheduler), latents, text, mask, scheduler, config,
+                                torch.Generator().manual_seed(1))
+    assert noise_only.loss.item() > 1e-3
+
+
+def test_the_tiny_preset_trains_v_with_plain_mse():
+    config = load_dit_config("tiny").diffusion
+    assert (config.prediction_type, config.snr_gamma) == ("v_prediction", None)
 
 
 def test_min_snr_weights_and_determinism():
