@@ -124,7 +124,7 @@ class CausalConv3d(nn.Module):
     def _single_frame(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, 1, H, W)
         """An image (one frame): the causal padding repeats that frame, so every temporal tap sees it and the
         3D convolution is one 2D convolution with the taps summed, k_t times less work (the VAE's image
-        crops, the first latent frame). Equal to the padded 3D convolution up to float rounding."""
+        crops in training). Equal to the padded 3D convolution up to float rounding."""
         conv = self.conv
         y = F.conv2d(x[:, :, 0], conv.weight.sum(dim=2), conv.bias, conv.stride[1:], conv.padding[1:],
                      conv.dilation[1:], conv.groups)  # (B, Cout, H', W')
