@@ -36,6 +36,7 @@ from components.vae.streaming import (
     Transform,
     causal_conv_stream,
     channels_last,
+    fold_replicated_taps,
     map_chunks,
     norm_silu_transform,
 )
@@ -124,9 +125,11 @@ class CausalConv3d(nn.Module):
     def _single_frame(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, 1, H, W)
         """An image (one frame): the causal padding repeats that frame, so every temporal tap sees it and the
         3D convolution is one 2D convolution with the taps summed, k_t times less work (the VAE's image
-        crops in training). Equal to the padded 3D convolution up to float rounding."""
+        crops in training; the streamed inference path folds the same taps). Equal to the padded 3D
+        convolution up to float rounding."""
         conv = self.conv
-        y = F.conv2d(x[:, :, 0], conv.weight.sum(dim=2), conv.bias, conv.stride[1:], conv.padding[1:],
+        weight = fold_replicated_taps(conv.weight, self.kernel_frames - 1)  # (Cout, Cin, kh, kw)
+        y = F.conv2d(x[:, :, 0], weight, conv.bias, conv.stride[1:], conv.padding[1:],
                      conv.dilation[1:], conv.groups)  # (B, Cout, H', W')
         return y.unsqueeze(2)  # (B, Cout, 1, H', W')
 

@@ -192,6 +192,14 @@ class NearestUpsampleConv:
         return out
 
 
+def fold_replicated_taps(weight: torch.Tensor, replicated: int) -> torch.Tensor:
+    """A causal conv's weight (Cout, Cin, kt, kh, kw) as a 2D one over frames stacked along channels
+    (frame-major), when the first `replicated` + 1 taps all see frame 0 (the causal padding): those taps
+    sum. (Cout, (kt - replicated) * Cin, kh, kw); differentiable, so training uses it too."""
+    split = replicated + 1
+    return torch.cat([weight[:, :, :split].sum(2), *weight[:, :, split:].unbind(2)], dim=1)
+
+
 class CausalConvKernels:
     """Per-frame 2D kernels derived once per call from a causal `nn.Conv3d` (front padding `front`)."""
 
@@ -208,9 +216,7 @@ class CausalConvKernels:
         so they sum. A single 2D conv, which oneDNN runs faster than a short 3D conv."""
         key = (frames, replicated)
         if key not in self._stacked:
-            weight, split = self.conv.weight, replicated + 1  # (Cout, Cin, kt, kh, kw)
-            folded = torch.cat([weight[:, :, :split].sum(2), *weight[:, :, split:].unbind(2)],
-                               dim=1)  # (Cout, frames * Cin, kh, kw)
+            folded = fold_replicated_taps(self.conv.weight, replicated)  # (Cout, frames * Cin, kh, kw)
             self._stacked[key] = FastConv2d(folded, self.conv.bias, self.conv.stride[1:], self.conv.padding[1:])
         return self._stacked[key]
 

@@ -11,15 +11,19 @@ from components.dit.diffusion import diffusion_loss, drop_captions, make_schedul
 
 
 class Oracle(torch.nn.Module):
-    """Predicts the exact noise from x_t, knowing the clean latents (so the loss must be 0)."""
+    """Predicts the exact noise (or velocity) from x_t, knowing the clean latents (so its loss must be 0)."""
 
-    def __init__(self, clean: torch.Tensor, scheduler: DDPMScheduler, garbage_where: torch.Tensor | None = None):
+    def __init__(self, clean: torch.Tensor, scheduler: DDPMScheduler, garbage_where: torch.Tensor | None = None,
+                 prediction_type: str = "epsilon"):
         super().__init__()
         self.clean, self.scheduler, self.garbage_where = clean, scheduler, garbage_where
+        self.prediction_type = prediction_type
 
     def forward(self, noisy, timesteps, text, text_mask, latent_mask=None):
         alpha_bar = self.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
         noise = (noisy - alpha_bar.sqrt() * self.clean) / (1 - alpha_bar).sqrt()
+        if self.prediction_type == "v_prediction":  # v = sqrt(ab) eps - sqrt(1 - ab) x0
+            noise = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * self.clean
         if self.garbage_where is not None:
             noise = torch.where(self.garbage_where, torch.full_like(noise, 1e3), noise)
         return noise
@@ -53,12 +57,7 @@ def test_v_prediction_targets_the_velocity(snr_gamma):
     latents, text, mask = _batch()
     config = DiffusionConfig(prediction_type="v_prediction", snr_gamma=snr_gamma, noise_offset=0.0)
     scheduler = make_scheduler(config)
-
-    def velocity(noisy, timesteps, *args):
-        alpha_bar = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
-        noise = (noisy - alpha_bar.sqrt() * latents) / (1 - alpha_bar).sqrt()
-        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents
-
+    velocity = Oracle(latents, scheduler, prediction_type="v_prediction")
     exact = diffusion_loss(velocity, latents, text, mask, scheduler, config, torch.Generator().manual_seed(1))
     assert exact.loss.item() < 1e-8
     noise_only = diffusion_loss(Oracle(latents, scheduler), latents, text, mask, scheduler, config,
