@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run as current_flow_run
 from prefect.tasks import exponential_backoff
 
@@ -85,15 +86,30 @@ def tag_model_lineage(result: dict[str, Any], earlier: list[dict[str, Any]], par
     tracking.set_model_version_tags(registered["name"], registered["version"], tags)
 
 
+@task(cache_policy=NO_CACHE, task_run_name="{stage.name}-finished?")
+def finished_result(stage: Stage, parameters: dict[str, Any]) -> dict[str, Any] | None:
+    return runner.finished_result(stage, **parameters)
+
+
 def call_stage(stage: Stage, parameters: dict[str, Any], stage_deployment: str | None) -> dict[str, Any]:
-    """Run one stage in-process (subflow) or as a flow run of its deployment; return its description."""
+    """Run one stage in-process (subflow) or as a flow run of its deployment; return its description.
+
+    A stage already finished is not handed to a worker: its own skip check runs here first."""
     if not stage_deployment:
         return STAGE_FLOWS[stage.name](**parameters)
+    done = finished_result(stage, parameters)
+    if done:
+        return done
     run_root = parameters["run_root"]
     before = read_manifest(stage_dir(run_root, stage.name))
     started = time.monotonic()
-    child = run_deployment(f"t2v-{stage.name}/{stage_deployment}", parameters=parameters, as_subflow=True,
-                           poll_interval=2)
+    deployment = f"t2v-{stage.name}/{stage_deployment}"
+    try:
+        child = run_deployment(deployment, parameters=parameters, as_subflow=True, poll_interval=2)
+    except ObjectNotFound:
+        raise LookupError(f"no deployment {deployment} on this Prefect server: deploy it "
+                          "(`prefect --no-prompt deploy --all` from the repository root) or pick another "
+                          "stage_deployment") from None
     if not child.state or not child.state.is_completed():
         state = child.state.name if child.state else "no state"
         raise RuntimeError(f"flow run {child.name} ended {state}: {child.state.message if child.state else ''}")

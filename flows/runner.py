@@ -24,6 +24,33 @@ def read_manifest(out: str) -> dict[str, Any] | None:
     return manifest.read_manifest(out)
 
 
+def finished_result(stage: Stage, run_root: str, preset: str = "tiny", overrides: Sequence[str] = (),
+                    parent_run_id: str | None = None, **options: Any) -> dict[str, Any] | None:
+    """The stage's result (status "skipped") when its output is already finished for these inputs and
+    settings, decided by the stage's own skip check run here (`manifest.check_only`); None when it has to run.
+
+    Lets a pipeline that hands stages to workers skip a finished one without starting a flow run (a process
+    or a pod) for it. Anything that stops the check here (a device this machine lacks, a lease held by a
+    live writer) also answers None: the stage then runs where it was meant to and decides for itself."""
+    out = stage_dir(run_root, stage.name)
+    before = read_manifest(out)
+    if before is None:  # never finished: nothing to check, and no component to import
+        return None
+    arguments = {**stage.extra, **stage.arguments(run_root, **options)}
+    started = time.monotonic()
+    try:
+        with manifest.check_only():
+            stage.load()(out=out, preset=preset, overrides=split_overrides(overrides)[stage.component],
+                         parent_run_id=parent_run_id, **arguments)
+    except manifest.NotComplete:
+        return None
+    except Exception as exc:  # the stage's own run will report it, in its own environment
+        log.info("stage %s: cannot check here whether it is finished (%s: %s); it runs", stage.name,
+                 type(exc).__name__, exc)
+        return None
+    return describe(stage, run_root, before, time.monotonic() - started)
+
+
 def describe(stage: Stage, run_root: str, before: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
     """The stage's result as plain data: status, duration, manifest checksum, output URIs, MLflow run."""
     out = stage_dir(run_root, stage.name)

@@ -9,9 +9,12 @@ done: a re-run can skip it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import functools
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,24 @@ from components.core.lease import LEASE_FILE
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
+
+_CHECK_ONLY = contextvars.ContextVar("t2v_manifest_check_only", default=False)
+
+
+class NotComplete(Exception):
+    """Raised at a stage's skip check under `check_only()`: the stage would have to run."""
+
+
+@contextlib.contextmanager
+def check_only() -> Iterator[None]:
+    """Within this block a stage function stops at its own skip check (`is_complete`): it returns as usual
+    when its output is already finished, and raises NotComplete, before any work, when it is not. The
+    pipeline asks a stage this way before handing it to a worker, so the stage's own rule decides."""
+    token = _CHECK_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CHECK_ONLY.reset(token)
 
 
 @functools.cache
@@ -92,6 +113,8 @@ def is_complete(out: str | Path, config_hash: str, inputs: dict[str, dict[str, s
     manifest = read_manifest(out)
     if manifest and manifest.get("config_hash") == config_hash and manifest.get("inputs") == inputs:
         return manifest
+    if _CHECK_ONLY.get():
+        raise NotComplete(f"{out} is not finished with these inputs and settings")
     return None
 
 

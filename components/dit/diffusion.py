@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDPMScheduler
-from diffusers.training_utils import compute_snr
 
 from components.dit.config import DiffusionConfig
 
@@ -102,6 +101,9 @@ def diffusion_loss(model: torch.nn.Module, latents: torch.Tensor, text: torch.Te
     error = (prediction.float() - target.float()).square()  # (B, C, T, H, W), fp32
     weights = torch.ones(batch, device=device)
     if config.snr_gamma is not None:
+        # Imported here: diffusers.training_utils pulls in every diffusers model (~2.5 s at each process start).
+        from diffusers.training_utils import compute_snr
+
         snr = compute_snr(scheduler, timesteps)  # alpha_bar / (1 - alpha_bar)
         clipped = torch.clamp(snr, max=config.snr_gamma)
         weights = clipped / snr if config.prediction_type == "epsilon" else clipped / (snr + 1)

@@ -41,6 +41,19 @@ def _parent_runs(run_root: str) -> list[dict]:
     return [tracking.get_run(run.info.run_id) for run in runs]
 
 
+def _stage_flow_runs(stack: Stack, pipeline_flow_run: str) -> list[str]:
+    """The flows of the flow runs a pipeline flow run started, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_flow_run])), sort=FlowRunSort.START_TIME_ASC)
+        return [client.read_flow(run.flow_id).name for run in runs]
+
+
 @pytest.fixture(scope="module")
 def first_run(stack: Stack) -> str:
     """The pipeline as one flow run of deployment t2v-full/local on the process pool."""
@@ -198,7 +211,8 @@ def test_killed_during_a_dit_stage_resumes_to_the_same_weights(first_run, stack:
     assert found == [0, 2]
 
     # Started again on the worker, each stage a flow run of its own deployment (t2v-<stage>/local):
-    # everything before stage 3 skips, stage 3 resumes from its checkpoint (and its interrupted MLflow run).
+    # everything before stage 3 skips (checked in the pipeline's flow run: no flow run is started for a
+    # finished stage), stage 3 resumes from its checkpoint (and its interrupted MLflow run).
     proc = stack.run_deployment("t2v-full/local-split", {**PARAMETERS, "run_root": run_root})
     assert proc.returncode == 0, f"resumed run failed:\n{proc.stdout[-6000:]}"
     crashed, resumed = _parent_runs(run_root)[-2:]
@@ -206,6 +220,7 @@ def test_killed_during_a_dit_stage_resumes_to_the_same_weights(first_run, stack:
         ["skipped"] * (len(STAGES) - len(RERUN)) + ["ran"] * len(RERUN))
     # Stages in other processes still nest under this pipeline run; resumed stage 3 keeps its first run.
     assert [child["name"] for child in tracking.child_runs(resumed["run_id"])] == RERUN[1:]
+    assert _stage_flow_runs(stack_env, resumed["tags"]["prefect.flow_run_id"]) == [f"t2v-{name}" for name in RERUN]
     assert [child["name"] for child in tracking.child_runs(crashed["run_id"])] == ["dit-stage3"]
     # The killed run does not stay RUNNING: the rerun marked it KILLED and links both ways; the stage-3
     # run it left RUNNING was resumed and finished.

@@ -34,6 +34,23 @@ def test_pipeline_runs_then_skips_and_reports(tmp_path, local_tracking, prefect_
     assert "| synth | **skipped** |" in storage.read_text(f"{root}/report.md")
 
 
+def test_a_split_pipeline_skips_a_finished_stage_without_dispatching_it(tmp_path, local_tracking, prefect_api):
+    """`stage_deployment` names no deployment here: any flow run handed to a worker would fail to start."""
+    from flows.pipeline import StageFailed, pipeline
+
+    root = str(tmp_path / "run")
+    pipeline(run_root=root, num=3, seed=1, until="synth")
+    before = storage.read_bytes(f"{root}/synth/manifest.json")
+    split = pipeline(run_root=root, num=3, seed=1, until="synth", stage_deployment="nowhere")
+    assert [stage["status"] for stage in split["stages"]] == ["skipped"]
+    assert storage.read_bytes(f"{root}/synth/manifest.json") == before
+    # Other settings: the stage's own check says it must run, so it is handed to its deployment.
+    with pytest.raises(StageFailed, match="no deployment t2v-synth/nowhere on this Prefect server"):
+        pipeline(run_root=root, num=3, seed=1, until="synth", stage_deployment="nowhere",
+                 overrides=["data.synth.crf=20"])
+    assert storage.read_bytes(f"{root}/synth/manifest.json") == before  # the check touched nothing
+
+
 def test_a_failing_stage_fails_the_pipeline_with_its_message(tmp_path, local_tracking, prefect_api):
     from flows.pipeline import StageFailed, pipeline
 
