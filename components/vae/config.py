@@ -50,7 +50,9 @@ class VAEModelConfig(StrictModel):
     hidden_size_mult: list[Annotated[int, Field(ge=1, le=64)]] = Field([1, 2, 4, 4], min_length=1, max_length=8)
     z_channels: int = Field(4, ge=1, le=1024)  # encoder emits 2 * z_channels (mean and logvar)
     embed_dim: int = Field(4, ge=1, le=1024)  # latent channels after quant_conv
-    num_res_blocks: int = Field(2, ge=1, le=64)  # per encoder level; the decoder has num_res_blocks + 1 per level
+    # Per encoder level; the decoder has num_res_blocks + 1 per level. 0 (a lean encoder of plain
+    # resamplers, constant width) lets a toy VAE learn in CPU minutes (bench/RESULTS.md, session 8).
+    num_res_blocks: int = Field(2, ge=0, le=64)
     norm_groups: int = Field(32, ge=1)  # GroupNorm groups (reference: 32); must divide every channel count
     norm_eps: float = Field(1e-6, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -64,6 +66,7 @@ class VAEModelConfig(StrictModel):
     # Interpolation of Spatial2xTime2x3DUpsample: the reference uses trilinear; "nearest" makes the
     # tail-initialised decoder equal the 2D SD decoder on images (whose upsampler is nearest).
     upsample_interpolation: Literal["trilinear", "nearest"] = "trilinear"
+    mid_block: bool = True  # two res-blocks (and mid_attention) at the coarsest level of encoder and decoder
     mid_attention: bool = True  # AttnBlock3DFix between the two mid res-blocks (per-frame attention)
     use_quant_layer: bool = True  # quant_conv / post_quant_conv (1x1x1 causal convs)
     scale_factor: float = Field(0.18215, gt=0)  # latent scale applied by downstream stages, never inside the VAE
@@ -92,6 +95,9 @@ class VAEModelConfig(StrictModel):
         if not self.use_quant_layer and self.embed_dim != self.z_channels:
             raise ValueError("embed_dim must equal z_channels when use_quant_layer is false")
         channels = {self.hidden_size * m for m in self.hidden_size_mult}
+        if self.num_res_blocks == 0 and len(channels) > 1:
+            raise ValueError("num_res_blocks 0 needs one width at every level (hidden_size_mult all equal): "
+                             "the encoder's res-blocks are what change the channel count")
         if any(c % self.norm_groups for c in channels):
             raise ValueError(f"norm_groups={self.norm_groups} does not divide the channel counts {sorted(channels)}")
         spatial_down = sum(kind != "" for kind in self.encoder_downsample)

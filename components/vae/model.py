@@ -401,7 +401,7 @@ class Encoder(nn.Module):
             levels.append(_Level(blocks, "downsample", down(out_channels) if down else None))
             in_channels = out_channels
         self.down = nn.ModuleList(levels)
-        self.mid = _MidBlock(in_channels, config)
+        self.mid = _MidBlock(in_channels, config) if config.mid_block else nn.Identity()
         self.norm_out = nn.GroupNorm(config.norm_groups, in_channels, eps=config.norm_eps)
         self.conv_out = CausalConv3d(in_channels, 2 * config.z_channels, 3, padding=1)
 
@@ -438,7 +438,7 @@ class Decoder(nn.Module):
         hidden, mult = config.hidden_size, config.hidden_size_mult
         in_channels = hidden * mult[-1]
         self.conv_in = CausalConv3d(config.z_channels, in_channels, 3, padding=1)
-        self.mid = _MidBlock(in_channels, config)
+        self.mid = _MidBlock(in_channels, config) if config.mid_block else nn.Identity()
         resnet = dict(groups=config.norm_groups, eps=config.norm_eps, dropout=config.dropout)
         levels: list[nn.Module | None] = [None] * config.num_levels
         # `up` is indexed fine -> coarse like the reference; forward walks it coarse -> fine.

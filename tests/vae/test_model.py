@@ -190,3 +190,24 @@ def test_upsampled_frames_read_in_pieces_equal_the_whole_upsampling(frames):
     for start in range(whole.shape[2]):
         for stop in range(start + 1, whole.shape[2] + 1):
             assert torch.equal(upsample._upsampled(x, start, stop), whole[:, :, start:stop]), (start, stop)
+
+
+LEAN = ["model.num_res_blocks=0", "model.mid_block=false", "model.hidden_size=32", "model.hidden_size_mult=[1,1,1,1]"]
+
+
+def test_lean_layout_has_no_encoder_blocks_or_mid_and_streams_like_autograd():
+    """num_res_blocks 0 and no mid block: plain resamplers in the encoder, one res-block per decoder level."""
+    config = load_vae_config("tiny", LEAN).model
+    torch.manual_seed(0)
+    lean = CausalVAE(config).eval()
+    assert [len(level.block) for level in lean.encoder.down] == [0] * 4
+    assert [len(level.block) for level in lean.decoder.up] == [1] * 4
+    assert isinstance(lean.encoder.mid, torch.nn.Identity) and isinstance(lean.decoder.mid, torch.nn.Identity)
+    video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
+    with torch.no_grad():
+        fast = lean.decode(lean.encode(video).mean)
+    slow = lean.decode(lean.encode(video).mean)
+    assert fast.shape == (1, 3, 9, 16, 24)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="num_res_blocks 0 needs one width at every level"):
+        load_vae_config("tiny", ["model.num_res_blocks=0"])
