@@ -8,6 +8,7 @@ the stage ran in this process or on a worker elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -27,28 +28,23 @@ def read_manifest(out: str) -> dict[str, Any] | None:
 def finished_result(stage: Stage, run_root: str, preset: str = "tiny", overrides: Sequence[str] = (),
                     parent_run_id: str | None = None, **options: Any) -> dict[str, Any] | None:
     """The stage's result (status "skipped") when its output is already finished for these inputs and
-    settings, decided by the stage's own skip check run here (`manifest.check_only`); None when it has to run.
+    settings, decided by the stage's own skip check run in this process (`manifest.check_only`); None
+    when it has to run.
 
     Lets a pipeline that hands stages to workers skip a finished one without starting a flow run (a process
     or a pod) for it. Anything that stops the check here (a device this machine lacks, a lease held by a
-    live writer) also answers None: the stage then runs where it was meant to and decides for itself."""
-    out = stage_dir(run_root, stage.name)
-    before = read_manifest(out)
-    if before is None:  # never finished: nothing to check, and no component to import
+    live writer) also answers None, as does a multi-process stage whose settings count its processes (the
+    global batch): the stage then runs where it was meant to and decides for itself."""
+    if read_manifest(stage_dir(run_root, stage.name)) is None:  # never finished: no component to import
         return None
-    arguments = {**stage.extra, **stage.arguments(run_root, **options)}
-    started = time.monotonic()
     try:
-        with manifest.check_only():
-            stage.load()(out=out, preset=preset, overrides=split_overrides(overrides)[stage.component],
-                         parent_run_id=parent_run_id, **arguments)
+        return run_stage(stage, run_root, preset, overrides, parent_run_id, check_only=True, **options)
     except manifest.NotComplete:
         return None
     except Exception as exc:  # the stage's own run will report it, in its own environment
         log.info("stage %s: cannot check here whether it is finished (%s: %s); it runs", stage.name,
                  type(exc).__name__, exc)
         return None
-    return describe(stage, run_root, before, time.monotonic() - started)
 
 
 def describe(stage: Stage, run_root: str, before: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
@@ -87,12 +83,14 @@ def run_stage(
     overrides: Sequence[str] = (),
     parent_run_id: str | None = None,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
+    check_only: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Call the stage's component function on `run_root/<stage>` and describe the result.
 
     When the stage's preset asks for several processes, the same call runs as a torchrun job whose
-    output goes to `logger` (the flow run's logger under Prefect).
+    output goes to `logger` (the flow run's logger under Prefect). `check_only`: in this process, up to
+    the stage's skip check only (`finished_result`).
     """
     logger = logger or log
     unknown = set(options) - set(stage.options)
@@ -103,11 +101,13 @@ def run_stage(
     component_overrides = split_overrides(overrides)[stage.component]
     started = time.monotonic()
     processes = stage.processes(preset, component_overrides)
-    if processes > 1:
+    if processes > 1 and not check_only:
         command = stage.command(preset, component_overrides, parent_run_id, out=out, **arguments)
         launch.torchrun(stage.name, processes, command, logger)
     else:
-        stage.load()(out=out, preset=preset, overrides=component_overrides, parent_run_id=parent_run_id, **arguments)
+        with manifest.check_only() if check_only else contextlib.nullcontext():
+            stage.load()(out=out, preset=preset, overrides=component_overrides, parent_run_id=parent_run_id,
+                         **arguments)
     result = describe(stage, run_root, before, time.monotonic() - started)
     logger.info("stage %s %s in %.1fs (processes: %d): %s", stage.name, result["status"], result["seconds"],
                 processes, out)
