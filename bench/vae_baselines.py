@@ -18,9 +18,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.core.metrics import psnr  # noqa: E402
 from components.data import synth  # noqa: E402
 from components.data.config import load_data_config  # noqa: E402
 
@@ -44,8 +46,11 @@ def clips(count: int, seed: int) -> list[np.ndarray]:
     return out
 
 
-def psnr(reconstruction: np.ndarray, original: np.ndarray) -> float:
-    return float(10 * np.log10(255.0 ** 2 / np.mean((np.clip(reconstruction, 0, 255) - original) ** 2)))
+def clip_psnr(reconstruction: np.ndarray, original: np.ndarray) -> float:
+    """As `vae-eval` scores a clip: PSNR per frame (components.core.metrics), then the mean over frames."""
+    def frames(video: np.ndarray) -> torch.Tensor:  # (T, H, W, 3) in [0, 255] -> (T, 3, H, W) in [0, 1]
+        return torch.from_numpy(np.clip(video, 0, 255) / 255.0).permute(0, 3, 1, 2)
+    return float(psnr(frames(reconstruction), frames(original)).mean())
 
 
 def block_mean(frames: np.ndarray, interpolation: int) -> np.ndarray:
@@ -63,11 +68,11 @@ def main() -> None:
     data = clips(args.clips, args.seed)
     print(f"{len(data)} clips, {FRAMES}x{SIZE}x{SIZE}")
     for sigma in (1.0, 2.0, 4.0):
-        scores = [psnr(np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in c]), c) for c in data]
+        scores = [clip_psnr(np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in c]), c) for c in data]
         print(f"gaussian blur sigma {sigma:.0f} px: {np.mean(scores):.2f} dB")
     for name, interpolation in (("nearest", cv2.INTER_NEAREST), ("bilinear", cv2.INTER_LINEAR),
                                 ("bicubic", cv2.INTER_CUBIC)):
-        scores = [psnr(block_mean(c, interpolation), c) for c in data]
+        scores = [clip_psnr(block_mean(c, interpolation), c) for c in data]
         print(f"block mean {SPATIAL}x{SPATIAL}, {TEMPORAL} frames, {name} up: {np.mean(scores):.2f} dB")
 
 

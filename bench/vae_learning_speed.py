@@ -2,7 +2,7 @@
 
 Both train on image crops (1x32x32 random frames of synthetic shapes clips; the causal VAE's first-frame
 path, what the demo's phase 1 trains) with Adam and MSE on the posterior mean (no sampling, no KL), and
-are scored on the first 9 frames of held-out clips at full size. The plain autoencoder is the yardstick:
+are scored on the first 9 frames of held-out clips at full size, PSNR per frame as `vae-eval`. The plain autoencoder is the yardstick:
 stride-2 convs with GroupNorm + SiLU, the tiny VAE's 8x spatial compression and 4 latent channels, no
 resnet stacks and no mid block. Reported: held-out PSNR and seconds at six points of the run.
 
@@ -14,7 +14,6 @@ resnet stacks and no mid block. Reported: held-out PSNR and seconds at six point
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.core.metrics import psnr  # noqa: E402
 from components.data import synth  # noqa: E402
 from components.data.config import load_data_config  # noqa: E402
 from components.vae.config import load_vae_config  # noqa: E402
@@ -100,7 +100,7 @@ def main() -> None:
                 frames = clip[:EVAL_FRAMES]
                 side = min(frames.shape[2:]) // 8 * 8
                 frames = frames[:, :, :side, :side]
-                scores.append(10 * math.log10(4 / (model(frames).clamp(-1, 1) - frames).pow(2).mean().item()))
+                scores.append(float(psnr((model(frames).clamp(-1, 1) + 1) / 2, (frames + 1) / 2).mean()))
         return float(np.mean(scores))
 
     started = time.perf_counter()

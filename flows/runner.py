@@ -100,8 +100,8 @@ def run_stage(
     arguments = {**stage.extra, **stage.arguments(run_root, **options)}
     component_overrides = split_overrides(overrides)[stage.component]
     started = time.monotonic()
-    processes = stage.processes(preset, component_overrides)
-    if processes > 1 and not check_only:
+    processes = 1 if check_only else stage.processes(preset, component_overrides)
+    if processes > 1:
         command = stage.command(preset, component_overrides, parent_run_id, out=out, **arguments)
         launch.torchrun(stage.name, processes, command, logger)
     else:
