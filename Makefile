@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # import (seconds per process), so we compile once at install time.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo down test venv lint clean-demo
+.PHONY: demo down test test-quality venv lint clean-demo
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 test: $(STAMP)
 	bash scripts/ensure-system-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The demo's quality goals (VAE PSNR, prompt adherence) on the whole chain: ~10 min, so not in `test`.
+test-quality: $(STAMP)
+	$(BIN)/python -m pytest -m quality tests/quality $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check components flows tests bench

@@ -35,6 +35,7 @@ def demo_parameters() -> tuple[int, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="run folder (default: a new temporary one)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="demo-quality-"))
     clips, overrides = demo_parameters()
@@ -49,14 +50,19 @@ def main() -> None:
     (root / "pipeline.log").write_text(log)
     if done.returncode:
         sys.exit(f"pipeline failed (log: {root / 'pipeline.log'}):\n{log[-3000:]}")
-    for name, seconds in re.findall(r"stage (\S+) ran in ([0-9.]+)s", log):
-        print(f"{name:12s} {float(seconds):7.1f} s")
+    seconds = {name: float(value) for name, value in re.findall(r"stage (\S+) ran in ([0-9.]+)s", log)}
+    for name, value in seconds.items():
+        print(f"{name:12s} {value:7.1f} s")
     vae = json.loads((root / "run" / "vae-eval" / "metrics.json").read_text())["metrics"]
     print(f"vae-eval: PSNR {vae['psnr']:.2f} dB, SSIM {vae['ssim']:.3f}")
     adherence = json.loads((root / "run" / "dit-eval" / "metrics.json").read_text())["adherence"]
     for attribute, accuracy in adherence["accuracy"].items():
         print(f"adherence {attribute:10s} {accuracy:.3f} (chance {adherence['chance'][attribute]:.3f}, "
               f"{adherence['ratio_to_chance'][attribute]:.2f}x; shuffled {adherence['shuffled'][attribute]:.3f})")
+    if args.json:
+        numbers = {"seconds": seconds, "vae": vae,
+                   "adherence": {key: adherence[key] for key in ("accuracy", "chance", "shuffled", "ratio_to_chance")}}
+        Path(args.json).write_text(json.dumps(numbers, indent=2))
 
 
 if __name__ == "__main__":

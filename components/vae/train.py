@@ -10,6 +10,8 @@ Differences to the reference, on purpose:
   before it, so it runs no VAE forward and reads no data (the reference re-runs the VAE: §9.18).
 - Resume restores live weights and EMA separately; only the phase-1 -> phase-2 handoff (`--init`) turns
   EMA weights into live weights (§9.11). The loader position is part of the checkpoint (§9.20).
+- When phase 1 trained on images, the handoff puts each causal kernel's sum over time on the current
+  frame (`tail_init.image_kernels_to_tail`): same function on images, no lag on video.
 - A non-finite loss or gradient skips the step; `max_bad_steps` in a row roll back to the last
   checkpoint and skip the offending batches (`core/training/guard.py`).
 - bf16 autocast needs no GradScaler (§9.18); fp32 on CPU.
@@ -47,6 +49,7 @@ from components.vae.config import VAEConfig, load_vae_config
 from components.vae.discriminator import PatchDiscriminator3D
 from components.vae.losses import VAELoss
 from components.vae.model import CausalVAE
+from components.vae.tail_init import image_kernels_to_tail
 from components.vae.train_export import finish
 from components.vae.train_inputs import STAGES, Handoff, open_loader, read_init, weights_hash
 from components.vae.train_loop import Loop
@@ -82,7 +85,7 @@ def _setup_and_fit(phase: int, config: VAEConfig, ctx: Context, data_manifest: s
     handoff = read_init(init, phase) if init else None
     if handoff:
         inputs["init"] = handoff.input_entry
-    run_hash = weights_hash(phase, config, ctx.dp_size)
+    run_hash = weights_hash(phase, config, ctx.dp_size, handoff)
     done = stage.finished(out, run_hash, inputs)
     if done:
         return result(done, skipped=True)
@@ -106,7 +109,8 @@ def _fit(phase: int, config: VAEConfig, ctx: Context, out: str, inputs: dict[str
     tags = {"stage": STAGES[phase], "phase": phase, "preset": preset, "processes": ctx.world_size,
             **(handoff.lineage if handoff else {})}
     params = {"phase": phase, "preset": preset, "data": data_manifest, "processes": ctx.world_size,
-              "init": handoff.model_folder if handoff else None, **config.model_dump(mode="json")}
+              "init": handoff.model_folder if handoff else None,
+              "init_from_images": bool(handoff and handoff.from_images), **config.model_dump(mode="json")}
     with training_run(ctx, STAGES[phase], point.mlflow_run_id, parent_run_id, tags, params) as run:
         loop = Loop(phase, config, ctx, out, run_hash, parts, loader, events, run)
         checkpoint.start_or_resume(loop, point)
@@ -132,6 +136,8 @@ def build(config: VAEConfig, ctx: Context, handoff: Handoff | None) -> Parts:
     model = CausalVAE(config.model).to(ctx.device)
     if handoff:  # live weights := phase-1 EMA weights; EMA and optimizers start fresh
         model_folder.load_weights(model, load_vae(handoff.model_folder).state_dict(), handoff.model_folder)
+        if handoff.from_images:
+            image_kernels_to_tail(model)
     elif cfg.init_logvar is not None:
         start_posterior_at(model, cfg.init_logvar)
     discriminator = PatchDiscriminator3D(config.model.in_channels, cfg.discriminator.base_channels,

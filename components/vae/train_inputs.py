@@ -24,6 +24,9 @@ class Handoff:
     input_entry: dict[str, str]
     lineage: dict[str, str] = field(default_factory=dict)
     discriminator_checkpoint: str | None = None
+    # Phase 1 trained on 1-frame crops: its causal kernels learned only their sums over time, which phase 2
+    # puts on the current frame (`tail_init.image_kernels_to_tail`).
+    from_images: bool = False
 
 
 def read_init(init: str, phase: int) -> Handoff:
@@ -46,6 +49,7 @@ def read_init(init: str, phase: int) -> Handoff:
             lineage={"lineage.phase1_run_id": str(init_manifest.get("mlflow_run_id")),
                      "lineage.phase1_manifest_sha256": entry["sha256"], "lineage.phase1_uri": str(init)},
             discriminator_checkpoint=final,
+            from_images=_trained_on_images(init_manifest),
         )
     if phase == 2:
         raise ValueError(f"--init {init}: phase 2 needs a finished phase-1 output folder (manifest.json with "
@@ -56,18 +60,26 @@ def read_init(init: str, phase: int) -> Handoff:
                    lineage={"lineage.init_model": str(init)})
 
 
+def _trained_on_images(phase1_manifest: dict) -> bool:
+    """Whether a phase-1 output trained on 1-frame crops (its manifest's config has the phase applied)."""
+    bucket = phase1_manifest.get("config", {}).get("data", {}).get("bucket")
+    return isinstance(bucket, str) and bucket.split("x")[0] == "1"
+
+
 # Settings that do not change the trained weights: where and how often to log, sample, checkpoint, and
 # the evaluation and launch groups. Changing them must not make a finished phase look unfinished.
 _TRAIN_FIELDS_NOT_IN_HASH = {"device", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every"}
 
 
-def weights_hash(phase: int, config: VAEConfig, world_size: int) -> str:
+def weights_hash(phase: int, config: VAEConfig, world_size: int, handoff: Handoff | None = None) -> str:
     """sha256 of what determines the trained weights; the global batch counts, not how it is split."""
     data = config.data.model_dump(mode="json", exclude={"batch_size", "num_workers"})
     payload = {
         "phase": phase,
+        **({"start": "image-kernels-to-tail"} if handoff and handoff.from_images else {}),
         "model": config.model.model_dump(mode="json"),
-        "train": config.train.model_dump(mode="json", exclude=_TRAIN_FIELDS_NOT_IN_HASH),
+        # The other phase's block is not this phase's weights (its lr/bucket are applied by for_phase).
+        "train": config.train.model_dump(mode="json", exclude={*_TRAIN_FIELDS_NOT_IN_HASH, f"phase{3 - phase}"}),
         "data": {**data, "global_batch": config.data.batch_size * world_size},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,11 +1,18 @@
-"""Tail initialisation from a tiny diffusers AutoencoderKL reproduces it on images (T = 1)."""
+"""Tail initialisation from a tiny diffusers AutoencoderKL reproduces it on images (T = 1); the phase-2
+handoff's re-expression of image-trained kernels keeps images and reads the current frame on video."""
 
 import pytest
 import torch
 
 from components.vae.config import TailInitConfig, load_vae_config
-from components.vae.model import CausalVAE
-from components.vae.tail_init import diffusers_to_ldm, inflate_kernel, tail_init, tail_init_from_config
+from components.vae.model import CausalConv3d, CausalVAE
+from components.vae.tail_init import (
+    diffusers_to_ldm,
+    image_kernels_to_tail,
+    inflate_kernel,
+    tail_init,
+    tail_init_from_config,
+)
 
 
 @pytest.fixture()
@@ -86,3 +93,28 @@ def test_hub_id_downloads_only_when_allowed(monkeypatch, sd_vae_folder, allow_do
     init = TailInitConfig(source="stabilityai/sd-vae-ft-mse", allow_download=allow_download)
     tail_init_from_config(CausalVAE(load_vae_config("tiny").model), init)
     assert calls == [("stabilityai/sd-vae-ft-mse", {"subfolder": None, "local_files_only": not allow_download})]
+
+
+def test_image_kernels_to_tail_keeps_images_and_reads_the_current_frame_on_video():
+    """After an image-only phase 1 (kernels with random splits over time), the handoff's re-expression
+    computes the same on images, and on video every causal conv reads only its current frame (a strided
+    one: every stride-th frame), where before it mixed in the frames before."""
+    torch.manual_seed(0)
+    model = CausalVAE(load_vae_config("tiny").model).eval()
+    convs = [m for m in model.modules() if isinstance(m, CausalConv3d) and m.kernel_frames > 1]
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 3, 1, 32, 32, generator=generator) * 2 - 1
+    clip = torch.rand(1, convs[0].conv.in_channels, 9, 8, 8, generator=generator)
+
+    def frame_by_frame(conv: CausalConv3d) -> torch.Tensor:
+        return torch.cat([conv(clip[:, :, t:t + 1]) for t in range(0, 9, conv.stride_frames)], dim=2)
+
+    with torch.no_grad():
+        image_before = model.decode(model.encode(image).mean)
+        assert not torch.allclose(convs[0](clip), frame_by_frame(convs[0]), atol=1e-3)
+        assert image_kernels_to_tail(model) == len(convs) > 0
+        torch.testing.assert_close(model.decode(model.encode(image).mean), image_before, rtol=1e-4, atol=1e-5)
+        for conv in convs:
+            assert not conv.conv.weight[:, :, :-1].any()
+            if conv.conv.in_channels == clip.shape[1]:
+                torch.testing.assert_close(conv(clip), frame_by_frame(conv), rtol=1e-5, atol=1e-6)

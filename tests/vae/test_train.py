@@ -1,4 +1,5 @@
-"""`train_vae`: artifacts, skip when finished, phase-2 EMA handoff with lineage, instability guard.
+"""`train_vae`: artifacts, skip when finished, phase-2 EMA handoff with lineage (image-trained kernels on the
+current frame), instability guard.
 
 The data loader is the stand-in of `tests/vae/standin.py` (deterministic synthetic clips with exact resume);
 the model is the tiny preset at half width on 9×32×32 clips, so a run takes seconds on a CPU.
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from components.core import manifest, storage, tracking
 from components.core.training import checkpoint
 from components.vae import load_vae
+from components.vae.tail_init import inflate_kernel
 from components.vae.train import train_vae
 from tests.vae.standin import patch_loader, write_fake_manifest
 
@@ -96,7 +98,8 @@ def test_settings_that_do_not_change_the_weights_keep_a_phase_finished(phase1):
     data, out, result = phase1
     again = train_vae(1, str(data), str(out), overrides=[
         *FAST, "eval.max_clips=8", "eval.resolution=32", "train.log_every=1", "train.sample_every=1",
-        "train.checkpoint_every=3", "train.keep_checkpoints=5", "data.num_workers=2", "launch.nproc_per_node=4"])
+        "train.checkpoint_every=3", "train.keep_checkpoints=5", "data.num_workers=2", "launch.nproc_per_node=4",
+        "train.phase2.steps=99", "train.phase2.lr=1e-3"])  # phase 2's own settings: not phase 1's weights
     assert again["skipped"] and again["mlflow_run_id"] == result["mlflow_run_id"]
 
 
@@ -119,7 +122,10 @@ def test_phase2_starts_from_phase1_ema_with_fresh_ema_and_optimizers(phase1, tmp
     assert result["steps"] == 4
     start = checkpoint.read(str(out / "checkpoints" / "step-0"))
     phase1_ema = load_file(phase1_out / "model" / "model.safetensors")
+    assert manifest.read_manifest(phase1_out)["config"]["data"]["bucket"] == "1x32x32"  # images
     for name, value in phase1_ema.items():
+        if value.dim() == 5 and value.shape[2] > 1:  # a causal kernel trained on images: its sum, on frame t
+            value = inflate_kernel(value.sum(2), value.shape)
         assert torch.equal(start["generator"][name], value), name  # live weights := phase-1 EMA
         if name in start["ema"]["shadow"]:
             assert torch.equal(start["ema"]["shadow"][name], value)  # fresh EMA from those weights
@@ -137,6 +143,16 @@ def test_phase2_starts_from_phase1_ema_with_fresh_ema_and_optimizers(phase1, tmp
     tags = tracking.get_run(result["mlflow_run_id"])["tags"]
     assert tags["lineage.phase1_run_id"] == phase1_result["mlflow_run_id"]
     assert written["registered_model"]["name"] == "t2v-vae"
+
+
+def test_phase2_after_a_video_phase1_starts_from_its_kernels_as_they_are(tmp_path):
+    data = write_fake_manifest(tmp_path, "kinetics")
+    video = [*FAST, "train.phase1.bucket=9x32x32", "train.phase1.steps=1", "train.phase2.steps=1"]
+    train_vae(1, str(data), str(tmp_path / "phase1"), overrides=video)
+    train_vae(2, str(data), str(tmp_path / "phase2"), init=str(tmp_path / "phase1"), overrides=video)
+    start = checkpoint.read(str(tmp_path / "phase2" / "checkpoints" / "step-0"))["generator"]
+    for name, value in load_file(tmp_path / "phase1" / "model" / "model.safetensors").items():
+        assert torch.equal(start[name], value), name
 
 
 def test_phase2_needs_a_phase1_output(phase1, tmp_path):
