@@ -56,7 +56,12 @@ def describe(stage: Stage, run_root: str, before: dict[str, Any] | None, seconds
     manifest_bytes = storage.read_bytes(manifest_uri)
     after = storage.read_json(manifest_uri)
     run_id = after.get("mlflow_run_id")
-    run = tracking.get_run(run_id) if run_id else None
+    run = tracking.find_run(run_id) if run_id else None
+    registered = after.get("registered_model")  # {name, version} when the stage registered one
+    if run_id and run is None:  # a finished folder from another tracking store: its numbers stay in the folder
+        log.warning("stage %s: its MLflow run %s is not in this tracking store (%s); the report links no run and "
+                    "no registered model", stage.name, run_id, tracking.tracking_uri())
+        registered = None  # a version number in this store's registry would be another model
     return {
         "stage": stage.name,
         "status": "skipped" if before == after else "ran",
@@ -72,7 +77,7 @@ def describe(stage: Stage, run_root: str, before: dict[str, Any] | None, seconds
         # What a reader must know beside a number (tags `note.<metric>`, e.g. a random LPIPS backbone).
         "notes": {tag.removeprefix("note."): text for tag, text in (run["tags"] if run else {}).items()
                   if tag.startswith("note.")},
-        "registered_model": after.get("registered_model"),  # {name, version} when the stage registered one
+        "registered_model": registered,
     }
 
 

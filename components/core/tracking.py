@@ -246,6 +246,19 @@ def get_run(run_id: str) -> dict[str, Any]:
     }
 
 
+def find_run(run_id: str) -> dict[str, Any] | None:
+    """`get_run`, or None when this tracking store has no such run (an artifact folder made under another
+    store, or copied here)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
 def child_runs(parent_run_id: str) -> list[dict[str, Any]]:
     """Runs whose `mlflow.parentRunId` is `parent_run_id`, oldest first."""
     client = _client()

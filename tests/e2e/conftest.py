@@ -81,7 +81,7 @@ def stack(prefect_server, mlflow_server, s3_endpoint, tmp_path_factory) -> Itera
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, 2)  # SIGINT: the worker must stop before the Prefect server does
         try:
-            worker.wait(timeout=30)
+            worker.wait(timeout=5)  # Prefect 3.9's worker does not exit on SIGINT (scripts/demo-down.sh)
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, 9)
             worker.wait()

@@ -71,6 +71,17 @@ def test_runner_reports_ran_then_skipped(tmp_path, local_tracking):
     assert changed["status"] == "ran" and changed["config_hash"] != first["config_hash"]
 
 
+def test_a_finished_folder_from_another_tracking_store_is_skipped_without_its_run(tmp_path, local_tracking,
+                                                                                    monkeypatch, caplog):
+    root = str(tmp_path / "run")
+    first = runner.run_stage(FAKE, root, value=7)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")  # a copied run root
+    again = runner.run_stage(FAKE, root, value=7)
+    assert again["status"] == "skipped" and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert again["mlflow_url"] is None and again["metrics"] == {} and again["registered_model"] is None
+    assert f"its MLflow run {first['mlflow_run_id']} is not in this tracking store" in caplog.text
+
+
 def test_runner_passes_a_stage_error_through(tmp_path, local_tracking):
     with pytest.raises(ValueError, match="value must be >= 0"):
         runner.run_stage(FAKE, str(tmp_path), value=-1)
