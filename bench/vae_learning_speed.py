@@ -2,9 +2,9 @@
 
 Both train on image crops (1x32x32 random frames of synthetic shapes clips; the causal VAE's first-frame
 path, what the demo's phase 1 trains) with Adam and MSE on the posterior mean (no sampling, no KL), and
-are scored on the first 9 frames of held-out clips at full size, PSNR per frame as `vae-eval`. The plain autoencoder is the yardstick:
-stride-2 convs with GroupNorm + SiLU, the tiny VAE's 8x spatial compression and 4 latent channels, no
-resnet stacks and no mid block. Reported: held-out PSNR and seconds at six points of the run.
+are scored on the first 9 frames of held-out clips at full size, PSNR per frame as `vae-eval`. The plain
+autoencoder is the yardstick: stride-2 convs with GroupNorm + SiLU, the tiny VAE's 8x spatial compression
+and 4 latent channels, no resnet stacks and no mid block. Reported: held-out PSNR and seconds at six points of the run.
 
     python bench/vae_learning_speed.py --arch plain --width 16 --steps 1200
     python bench/vae_learning_speed.py --arch vae --steps 1200          # the tiny preset's layout

@@ -12,6 +12,7 @@ from components.core import manifest, model_folder, stage, storage
 from components.core.distributed import Context
 from components.core.training import checkpoint
 from components.vae.config import VAEConfig
+from components.vae.train_config import DataConfig
 
 STAGES = {1: "vae-phase1", 2: "vae-phase2"}
 
@@ -62,8 +63,7 @@ def read_init(init: str, phase: int) -> Handoff:
 
 def _trained_on_images(phase1_manifest: dict) -> bool:
     """Whether a phase-1 output trained on 1-frame crops (its manifest's config has the phase applied)."""
-    bucket = phase1_manifest.get("config", {}).get("data", {}).get("bucket")
-    return isinstance(bucket, str) and bucket.split("x")[0] == "1"
+    return DataConfig.model_validate(phase1_manifest["config"]["data"]).frames == 1
 
 
 # Settings that do not change the trained weights: where and how often to log, sample, checkpoint, and
